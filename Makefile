@@ -1,0 +1,42 @@
+# Developer and CI entry points. CI runs .ci/run, which ends in `make test`.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+
+# pip inside our own venv: the root-user warning and version nag are noise.
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_ROOT_USER_ACTION := ignore
+
+.DEFAULT_GOAL := test
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+# (Re)create the venv when it is missing or has no working pip (a failed
+# `python3 -m venv` on a machine without ensurepip leaves such a husk), and
+# reinstall only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml
+	@if ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
+		echo "creating $(VENV) with $(PYTHON)"; \
+		$(PYTHON) -m venv --clear $(VENV); \
+	fi
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+test: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/pgtls-proxy demo
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +

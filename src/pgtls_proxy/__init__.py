@@ -1,0 +1,3 @@
+"""pgtls-proxy: a mutual-TLS front door for PostgreSQL."""
+
+__version__ = "0.1.0"

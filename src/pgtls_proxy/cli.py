@@ -1,0 +1,93 @@
+"""Command line: ``pgtls-proxy run | check | pki … | demo | --version``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from pgtls_proxy import __version__
+from pgtls_proxy.config import ConfigError, default_config_path, load_config
+from pgtls_proxy.logsetup import setup_logging
+from pgtls_proxy.pki import commands as pki_commands
+from pgtls_proxy.pki.contexts import TLSConfigError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pgtls_proxy.server import Proxy
+
+    try:
+        config = load_config(args.config)
+        setup_logging(config.logging.level, config.logging.format)
+        proxy = Proxy(config)
+    except (ConfigError, TLSConfigError) as exc:
+        print(f"pgtls-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pgtls-proxy: cannot start: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(proxy.run)
+    except OSError as exc:
+        print(f"pgtls-proxy: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from pgtls_proxy.check import run_checks
+
+    findings = run_checks(args.config)
+    for finding in findings:
+        print(finding)
+    return 1 if any(f.startswith("error:") for f in findings) else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pgtls_proxy.demo import run_demo
+
+    return run_demo(port=args.port, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgtls-proxy", description="A mutual-TLS front door for PostgreSQL."
+    )
+    parser.add_argument("--version", action="version", version=f"pgtls-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy in the foreground")
+    run.add_argument("--config", default=None, help="config file (default: $PGTLS_PROXY_CONFIG)")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate the config and every file it names")
+    check.add_argument("--config", default=None)
+    check.set_defaults(func=_cmd_check)
+
+    demo = sub.add_parser("demo", help="throwaway PKI + PostgreSQL + proxy, prints a psql line")
+    demo.add_argument("--port", type=int, default=6432, help="proxy port (0 = any free port)")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    demo.set_defaults(func=_cmd_demo)
+
+    pki_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if hasattr(args, "config") and args.config is None:
+        args.config = default_config_path()
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Every metric of the SPEC, defined once, with its label children pre-created.
+
+Pre-creating the children means a dashboard sees zeros before the first event
+and the hot path never builds a label tuple: the relay adds bytes to a child it
+bound when the session started.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from pgtls_proxy import __version__
+
+HANDSHAKE_RESULTS = (
+    "ok",
+    "no_certificate",
+    "unknown_ca",
+    "expired",
+    "not_yet_valid",
+    "revoked",
+    "crl_unavailable",
+    "bad_certificate",
+    "protocol_version",
+    "no_alpn",
+    "timeout",
+    "aborted",
+    "plaintext_rejected",
+)
+NEGOTIATIONS = ("sslrequest", "direct")
+SESSION_OUTCOMES = ("completed", "denied", "backend_error", "startup_error", "client_error")
+DENIAL_REASONS = ("no_rule", "reject_rule", "user_mismatch")
+DIRECTIONS = ("client_to_backend", "backend_to_client")
+CANCEL_RESULTS = ("forwarded", "unknown_key")
+RELOAD_RESULTS = ("ok", "failed")
+
+# Handshakes take milliseconds; the tail we care about is the timeout.
+_HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_DAY = 86400.0
+_EXPIRY_BUCKETS = (
+    _DAY,
+    3 * _DAY,
+    7 * _DAY,
+    14 * _DAY,
+    30 * _DAY,
+    60 * _DAY,
+    90 * _DAY,
+    180 * _DAY,
+    365 * _DAY,
+    730 * _DAY,
+)
+
+
+class Metrics:
+    """The proxy's metrics in their own registry (one per server instance)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.handshakes = Counter(
+            "pgtls_handshakes_total", "Client TLS handshakes by result.", ["result"], registry=r
+        )
+        self.handshake_duration = Histogram(
+            "pgtls_handshake_duration_seconds",
+            "Time to complete a client TLS handshake.",
+            ["negotiation"],
+            buckets=_HANDSHAKE_BUCKETS,
+            registry=r,
+        )
+        self.sessions = Counter(
+            "pgtls_sessions_total", "Client connections by outcome.", ["outcome"], registry=r
+        )
+        self.sessions_active = Gauge(
+            "pgtls_sessions_active", "Sessions relaying to a backend.", ["backend"], registry=r
+        )
+        self.auth_denied = Counter(
+            "pgtls_auth_denied_total", "Clients refused by the rules.", ["reason"], registry=r
+        )
+        self.bytes = Counter("pgtls_bytes_total", "Bytes relayed.", ["direction"], registry=r)
+        self.backend_connect_errors = Counter(
+            "pgtls_backend_connect_errors_total",
+            "Failed connections or logins to a backend.",
+            ["backend"],
+            registry=r,
+        )
+        self.cancel_requests = Counter(
+            "pgtls_cancel_requests_total", "CancelRequests received.", ["result"], registry=r
+        )
+        self.crl_next_update = Gauge(
+            "pgtls_crl_next_update_timestamp_seconds",
+            "nextUpdate of each loaded CRL, by issuer.",
+            ["issuer"],
+            registry=r,
+        )
+        self.server_cert_expiry = Gauge(
+            "pgtls_server_cert_expiry_timestamp_seconds",
+            "notAfter of the server certificate in use.",
+            registry=r,
+        )
+        self.client_cert_expiry = Histogram(
+            "pgtls_client_cert_expiry_seconds",
+            "Seconds left on each accepted client certificate.",
+            buckets=_EXPIRY_BUCKETS,
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "pgtls_config_reloads_total", "Configuration reloads by result.", ["result"], registry=r
+        )
+        self.crl_load_errors = Counter(
+            "pgtls_crl_load_errors_total",
+            "CRL files that failed to load or verify (the previous CRL stays in force).",
+            registry=r,
+        )
+        self.crl_problems = Counter(
+            "pgtls_crl_problems_total",
+            "Handshakes let through in lenient mode despite a missing or stale CRL.",
+            registry=r,
+        )
+        build = Info("pgtls_build", "Build information.", registry=r)
+        build.info({"version": __version__})
+
+        # Pre-created children: zeros for dashboards, no label lookups later.
+        self.handshake_by_result = {k: self.handshakes.labels(k) for k in HANDSHAKE_RESULTS}
+        self.handshake_time = {k: self.handshake_duration.labels(k) for k in NEGOTIATIONS}
+        self.session_by_outcome = {k: self.sessions.labels(k) for k in SESSION_OUTCOMES}
+        self.denied_by_reason = {k: self.auth_denied.labels(k) for k in DENIAL_REASONS}
+        self.bytes_c2b = self.bytes.labels("client_to_backend")
+        self.bytes_b2c = self.bytes.labels("backend_to_client")
+        self.cancel_by_result = {k: self.cancel_requests.labels(k) for k in CANCEL_RESULTS}
+        self.reload_by_result = {k: self.config_reloads.labels(k) for k in RELOAD_RESULTS}
+
+    def declare_backends(self, names: list[str]) -> None:
+        """Create the per-backend children so each backend shows zeros."""
+        for name in names:
+            self.sessions_active.labels(name)
+            self.backend_connect_errors.labels(name)

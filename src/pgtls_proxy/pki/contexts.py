@@ -1,0 +1,203 @@
+"""Build ``ssl.SSLContext`` objects for the client side and the backend side.
+
+A context is immutable once built: any change of certificate, key, CA or CRL
+produces a new context for new handshakes, while established sessions keep
+theirs. The handshake-failure classifier lives here too, because it depends on
+exactly how these contexts are configured.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from pgtls_proxy.config import BackendTLSSettings, TLSSettings
+
+ALPN_POSTGRESQL = "postgresql"
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TLSConfigError(Exception):
+    """A certificate, key or CA file cannot be used; ``key`` is the config path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def read_passphrase(path: Path | None) -> bytes | None:
+    """The key passphrase: first line of the file, without its newline."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TLSConfigError(
+            "tls.key_passphrase_file", f"cannot read {path}: {exc.strerror}"
+        ) from None
+    return data.splitlines()[0] if data else b""
+
+
+def server_context(
+    tls: TLSSettings, crl_pem: Iterable[str] = (), *, crl_check: bool = False
+) -> ssl.SSLContext:
+    """The context that terminates client connections.
+
+    ``crl_pem`` are CRLs in PEM form; with ``crl_check`` OpenSSL demands a
+    current CRL for every certificate of the chain (the SPEC's ``strict``).
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _VERSIONS[tls.min_version]
+    # No renegotiation (TLS 1.2 client-initiated renegotiation is a DoS and a
+    # source of confusion), no compression (CRIME), no session tickets: a
+    # database connection lives long and the tickets cost memory and CPU.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    if tls.ciphers:
+        try:
+            ctx.set_ciphers(tls.ciphers)
+        except ssl.SSLError:
+            raise TLSConfigError("tls.ciphers", "no cipher matches this cipher string") from None
+    passphrase = read_passphrase(tls.key_passphrase_file)
+    try:
+        # Always pass a password callable: with None, OpenSSL would prompt on
+        # the controlling terminal for an encrypted key and hang the daemon.
+        ctx.load_cert_chain(
+            tls.cert_file, tls.key_file, password=lambda: passphrase if passphrase else b""
+        )
+    except FileNotFoundError as exc:
+        key = "tls.cert_file" if Path(exc.filename or "") == tls.cert_file else "tls.key_file"
+        raise TLSConfigError(key, f"cannot read {exc.filename}: {exc.strerror}") from None
+    except PermissionError as exc:
+        raise TLSConfigError(
+            "tls.key_file", f"cannot read {exc.filename}: permission denied"
+        ) from None
+    except ssl.SSLError as exc:
+        text = str(exc).lower()
+        if "bad decrypt" in text or "password" in text or exc.reason == "BAD_DECRYPT":
+            raise TLSConfigError(
+                "tls.key_passphrase_file",
+                f"the key {tls.key_file} is encrypted and the passphrase is missing or wrong",
+            ) from None
+        raise TLSConfigError(
+            "tls.key_file",
+            f"{tls.key_file} does not hold a private key matching {tls.cert_file} ({exc.reason})",
+        ) from None
+    try:
+        ctx.load_verify_locations(cafile=str(tls.client_ca_file))
+    except FileNotFoundError:
+        raise TLSConfigError(
+            "tls.client_ca_file", f"cannot read {tls.client_ca_file}: no such file"
+        ) from None
+    except ssl.SSLError as exc:
+        raise TLSConfigError(
+            "tls.client_ca_file", f"{tls.client_ca_file} holds no usable CA ({exc.reason})"
+        ) from None
+    crl_bundle = "".join(crl_pem)
+    if crl_bundle:
+        # ``cadata`` takes certificates only; OpenSSL loads CRLs from a file.
+        with tempfile.NamedTemporaryFile("w", suffix=".pem", encoding="ascii") as tmp:
+            tmp.write(crl_bundle)
+            tmp.flush()
+            ctx.load_verify_locations(cafile=tmp.name)
+    if crl_check:
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols([ALPN_POSTGRESQL])
+    return ctx
+
+
+def backend_context(tls: BackendTLSSettings, key_prefix: str) -> ssl.SSLContext:
+    """The context the proxy uses as a TLS client of a backend."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    if tls.mode in ("verify-ca", "verify-full"):
+        try:
+            ctx.load_verify_locations(cafile=str(tls.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(
+                f"{key_prefix}.ca_file", f"cannot load {tls.ca_file}: {exc}"
+            ) from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.check_hostname = tls.mode == "verify-full"
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(
+                f"{key_prefix}.cert_file", f"cannot load {tls.cert_file}: {exc}"
+            ) from None
+    ctx.set_alpn_protocols([ALPN_POSTGRESQL])
+    return ctx
+
+
+# ------------------------------------------------------------ failure classification
+
+# OpenSSL X509_V_ERR_* codes (x509_vfy.h).
+_VERIFY_CODES = {
+    2: "unknown_ca",  # unable to get issuer certificate
+    3: "crl_unavailable",  # unable to get CRL
+    7: "bad_certificate",  # certificate signature failure
+    8: "crl_unavailable",  # CRL signature failure
+    9: "not_yet_valid",
+    10: "expired",
+    11: "crl_unavailable",  # CRL not yet valid
+    12: "crl_unavailable",  # CRL has expired
+    13: "bad_certificate",
+    14: "bad_certificate",
+    15: "crl_unavailable",
+    16: "crl_unavailable",
+    18: "unknown_ca",  # self-signed leaf
+    19: "unknown_ca",  # self-signed in chain
+    20: "unknown_ca",  # unable to get local issuer
+    21: "unknown_ca",
+    23: "revoked",
+    24: "bad_certificate",  # invalid CA
+    26: "bad_certificate",  # unsupported purpose (EKU without clientAuth)
+    28: "bad_certificate",  # rejected
+    32: "bad_certificate",  # key usage does not include signing
+    33: "crl_unavailable",  # unable to get CRL issuer
+    35: "crl_unavailable",  # key usage does not include CRL signing
+    36: "crl_unavailable",  # unhandled critical CRL extension
+}
+
+_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_certificate",
+    "NO_SHARED_CIPHER": "protocol_version",
+    "UNSUPPORTED_PROTOCOL": "protocol_version",
+    "VERSION_TOO_LOW": "protocol_version",
+    "WRONG_VERSION_NUMBER": "protocol_version",
+    "NO_PROTOCOLS_AVAILABLE": "protocol_version",
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": "protocol_version",
+    "NO_APPLICATION_PROTOCOL": "no_alpn",
+    "UNEXPECTED_EOF_WHILE_READING": "aborted",
+    "HTTP_REQUEST": "protocol_version",
+}
+
+
+def classify_handshake_error(exc: BaseException) -> str:
+    """Map a server-side handshake exception to the SPEC's ``result`` label."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_CODES.get(exc.verify_code, "bad_certificate")
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return "aborted"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if reason in _REASONS:
+            return _REASONS[reason]
+        if reason.startswith("TLSV1_ALERT") or reason.startswith("SSLV3_ALERT"):
+            # The client gave up on us (e.g. it does not trust our certificate).
+            return "aborted"
+        return "bad_certificate" if "CERTIFICATE" in reason else "protocol_version"
+    if isinstance(exc, ConnectionError | OSError):
+        return "aborted"
+    return "aborted"

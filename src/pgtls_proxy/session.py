@@ -1,0 +1,502 @@
+"""One client connection, start to finish.
+
+negotiate (plaintext) -> TLS handshake -> StartupMessage -> rules -> backend
+login -> relay -> audit. The protocol and the policy are decided by the pure
+layers (:mod:`pgtls_proxy.wire`, :mod:`pgtls_proxy.pki`); this module moves
+bytes, keeps time, counts, and closes everything in ``finally``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+import trio
+from cryptography import x509
+
+from pgtls_proxy import audit as audit_mod
+from pgtls_proxy.audit import AuditRecord
+from pgtls_proxy.backend import BackendUnavailable, open_backend, run_login
+from pgtls_proxy.cancel import CancelTarget
+from pgtls_proxy.config import BackendSettings
+from pgtls_proxy.logsetup import LOGGER_NAME, SessionLog
+from pgtls_proxy.netio import ByteStream, PlainStream, StreamClosed, TLSStream
+from pgtls_proxy.pki import rules as rules_mod
+from pgtls_proxy.pki.contexts import ALPN_POSTGRESQL, classify_handshake_error
+from pgtls_proxy.pki.identity import CertIdentity
+from pgtls_proxy.relay import relay
+from pgtls_proxy.runtime import Runtime, TLSState
+from pgtls_proxy.wire import codec
+from pgtls_proxy.wire.errors import ProtocolError
+from pgtls_proxy.wire.frontend import NEED_DATA, StartupReader, check_no_trailing_data
+from pgtls_proxy.wire.login import BackendLoginError
+from pgtls_proxy.wire.messages import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+)
+
+_logger = logging.getLogger(f"{LOGGER_NAME}.session")
+TLS_RECORD_HANDSHAKE = 0x16
+
+
+class _Done(Exception):
+    """Ends a connection early; the outcome is already recorded."""
+
+
+@dataclass(slots=True)
+class _Phase:
+    name: str = "negotiation"
+
+
+def format_addr(addr: tuple[str, int] | tuple[str, int, int, int] | str) -> str:
+    if isinstance(addr, str):
+        return addr or "local"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _source_ip(addr: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(addr, tuple) and addr:
+        try:
+            return ipaddress.ip_address(addr[0])
+        except ValueError:
+            pass
+    return ipaddress.ip_address("127.0.0.1")
+
+
+async def _read_packet(stream: PlainStream | TLSStream, reader: StartupReader) -> object:
+    """Read exactly one startup-phase packet (never a byte more)."""
+    while True:
+        event = reader.next_event()
+        if event is not NEED_DATA:
+            return event
+        data = await stream.recv_some(reader.bytes_needed())
+        reader.receive_data(data)
+
+
+class Session:
+    """State of one connection; :meth:`run` is the whole life cycle."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        sock: socket.socket,
+        peer: object,
+        *,
+        client_addr: str | None = None,
+        source: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
+    ) -> None:
+        self.rt = rt
+        self.state: TLSState = rt.state  # snapshot: a reload does not touch us
+        self.cfg = self.state.config
+        self.metrics = rt.metrics
+        self.sid = secrets.token_hex(4)
+        self.raw = PlainStream(sock)
+        self.client: PlainStream | TLSStream = self.raw
+        self.backend_stream: ByteStream | None = None
+        self.source = source or _source_ip(peer)
+        self.audit = AuditRecord(
+            session=self.sid,
+            client_addr=client_addr or format_addr(peer),  # type: ignore[arg-type]
+        )
+        self.log = SessionLog(_logger, {"session": self.sid})
+        self.phase = _Phase()
+        self.handshake_counted = False
+        self.cancel_key: tuple[int, bytes] | None = None
+        self.active_backend: str | None = None
+        self.identity: CertIdentity | None = None
+
+    # ------------------------------------------------------------ outcome helpers
+
+    def _handshake_result(self, result: str) -> None:
+        if not self.handshake_counted:
+            self.handshake_counted = True
+            self.metrics.handshake_by_result[result].inc()
+
+    async def _fatal(self, sqlstate: str, message: str, *, detail: str | None = None) -> None:
+        """Send a FATAL ErrorResponse to the client (best effort)."""
+        try:
+            with trio.move_on_after(2):
+                await self.client.send_all(
+                    codec.error_response("FATAL", sqlstate, message, detail=detail)
+                )
+        except (StreamClosed, OSError):
+            pass
+
+    def _fail(self, outcome: str, error: str) -> _Done:
+        self.audit.outcome = outcome
+        self.audit.error = error
+        return _Done(error)
+
+    # ------------------------------------------------------------ life cycle
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        self.log.debug("C: connection from %s", self.audit.client_addr)
+        lingering = True
+        try:
+            try:
+                with trio.move_on_after(cfg.limits.startup_timeout) as scope:
+                    await self._startup()
+                if scope.cancelled_caught:
+                    await self._startup_timed_out()
+                    return
+            except _Done:
+                return
+            lingering = False
+            await self._relay()
+        except Exception as exc:  # a bug must not take the server down
+            self.audit.outcome = "startup_error" if self.phase.name != "relay" else "completed"
+            self.audit.error = self.audit.error or f"internal error: {exc!r}"
+            self.log.exception("P: unexpected error in session")
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close(lingering)
+                self._finish()
+
+    async def _startup_timed_out(self) -> None:
+        timeout = self.cfg.limits.startup_timeout
+        phase = self.phase.name
+        if phase == "handshake":
+            self._handshake_result("timeout")
+            self.audit.outcome, self.audit.error = "client_error", "timeout"
+        elif phase == "backend":
+            backend = self.audit.backend or "?"
+            self.metrics.backend_connect_errors.labels(backend).inc()
+            msg = f'backend "{backend}" did not complete the login within {timeout:g}s'
+            await self._fatal("08006", msg)
+            self.audit.outcome, self.audit.error = "backend_error", msg
+        elif phase == "negotiation":
+            self._handshake_result("timeout")
+            self.audit.outcome, self.audit.error = "client_error", "timeout before TLS"
+        else:
+            await self._fatal("08P01", f"startup not completed within {timeout:g}s")
+            self.audit.outcome, self.audit.error = "startup_error", "startup timeout"
+        self.log.info("P: startup timed out in phase %s", phase)
+
+    async def _startup(self) -> None:
+        negotiation = await self._negotiate()
+        await self._handshake(negotiation)
+        startup = await self._read_startup()
+        backend, user = await self._decide(startup)
+        await self._connect_backend(backend, startup, user)
+
+    # ------------------------------------------------------------ phase 1: plaintext
+
+    async def _negotiate(self) -> str:
+        """Answer SSLRequest/GSSENCRequest; return "sslrequest" or "direct"."""
+        cfg = self.cfg
+        reader = StartupReader(inside_tls=False)
+        first_packet = True
+        while True:
+            if first_packet:
+                head = await self.raw.peek(1)
+                if not head:
+                    self._handshake_result("aborted")
+                    raise self._fail("client_error", "aborted")
+                if head[0] == TLS_RECORD_HANDSHAKE and cfg.tls.direct_ssl:
+                    return "direct"
+            first_packet = False
+            try:
+                event = await _read_packet(self.raw, reader)
+            except ProtocolError as exc:
+                self._handshake_result("aborted")
+                self.log.info("C: protocol violation before TLS: %s", exc.message)
+                if not exc.close_silently:
+                    await self._fatal(exc.sqlstate, exc.message)
+                raise self._fail("client_error", exc.message) from None
+            except StreamClosed:
+                self._handshake_result("aborted")
+                raise self._fail("client_error", "aborted") from None
+            if isinstance(event, SSLRequest):
+                try:
+                    check_no_trailing_data(b"x" if self.raw.buffered() else b"")
+                except ProtocolError as exc:
+                    self._handshake_result("aborted")
+                    self.log.warning("C: %s; closing without TLS", exc.message)
+                    raise self._fail("client_error", exc.message) from None
+                await self.raw.send_all(b"S")
+                return "sslrequest"
+            if isinstance(event, GSSENCRequest):
+                await self.raw.send_all(b"N")
+                continue
+            if isinstance(event, CancelRequest):
+                await self._cancel(event, via_tls=False)
+                raise _Done("cancel")
+            if isinstance(event, StartupMessage):
+                self._handshake_result("plaintext_rejected")
+                self.audit.requested_user = event.user
+                self.audit.database = event.database
+                self.log.info("C: plaintext StartupMessage refused")
+                await self._fatal(
+                    "28000",
+                    "TLS is required: connect with sslmode=require or stricter "
+                    "and a client certificate",
+                )
+                raise self._fail("client_error", "plaintext_rejected")
+
+    # ------------------------------------------------------------ phase 2: TLS
+
+    async def _handshake(self, negotiation: str) -> None:
+        self.phase.name = "handshake"
+        self.audit.negotiation = negotiation
+        tls = TLSStream.wrap(self.raw.sock, self.state.server_context, server_side=True)
+        self.client = tls
+        started = time.perf_counter()
+        try:
+            with trio.fail_after(self.cfg.tls.handshake_timeout):
+                await tls.handshake()
+        except trio.TooSlowError:
+            self._handshake_result("timeout")
+            self.log.info("C: TLS handshake timed out")
+            raise self._fail("client_error", "timeout") from None
+        except (ssl.SSLError, OSError) as exc:
+            result = classify_handshake_error(exc)
+            self._handshake_result(result)
+            detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+            self.log.info("C: TLS handshake failed: %s (%s)", result, detail)
+            raise self._fail("client_error", result) from None
+        ssl_obj = tls.ssl_object
+        if negotiation == "direct" and ssl_obj.selected_alpn_protocol() != ALPN_POSTGRESQL:
+            self._handshake_result("no_alpn")
+            self.log.info("C: direct TLS without ALPN %r refused", ALPN_POSTGRESQL)
+            raise self._fail("client_error", "no_alpn")
+        der = ssl_obj.getpeercert(binary_form=True)
+        if der is None:  # CERT_REQUIRED makes this unreachable; fail closed anyway
+            self._handshake_result("no_certificate")
+            raise self._fail("client_error", "no_certificate")
+        try:
+            identity = CertIdentity.from_der(der)
+        except ValueError:
+            self._handshake_result("bad_certificate")
+            raise self._fail("client_error", "bad_certificate") from None
+        self.identity = identity
+        self.audit.subject = identity.subject
+        self.audit.cert_serial = identity.serial_hex
+        self.audit.cert_fingerprint_sha256 = identity.fingerprint_sha256
+        self.audit.tls_version = ssl_obj.version()
+        verdict, problems = self.state.revocation.check_chain([x509.load_der_x509_certificate(der)])
+        for problem in problems:
+            self.metrics.crl_problems.inc()
+            self.log.warning("P: revocation (lenient): %s", problem)
+        if verdict is not None:
+            self._handshake_result(verdict)
+            self.log.info(
+                "C: certificate refused: %s subject=%s serial=%s",
+                verdict,
+                identity.subject,
+                identity.serial_hex,
+            )
+            raise self._fail("client_error", verdict)
+        self._handshake_result("ok")
+        self.metrics.handshake_time[negotiation].observe(time.perf_counter() - started)
+        self.metrics.client_cert_expiry.observe(
+            max(0.0, identity.not_after.timestamp() - time.time())
+        )
+        self.log.debug(
+            "C: TLS %s established, subject=%s serial=%s",
+            ssl_obj.version(),
+            identity.subject,
+            identity.serial_hex,
+        )
+
+    # ------------------------------------------------------------ phase 3: startup
+
+    async def _read_startup(self) -> StartupMessage:
+        self.phase.name = "startup"
+        reader = StartupReader(inside_tls=True)
+        try:
+            event = await _read_packet(self.client, reader)
+        except ProtocolError as exc:
+            self.log.info("C: bad startup packet inside TLS: %s", exc.message)
+            await self._fatal(exc.sqlstate, exc.message)
+            raise self._fail("startup_error", exc.message) from None
+        except StreamClosed:
+            raise self._fail("client_error", "client closed before StartupMessage") from None
+        if isinstance(event, CancelRequest):
+            await self._cancel(event, via_tls=True)
+            self.audit.event = "cancel"
+            raise _Done("cancel")
+        assert isinstance(event, StartupMessage)
+        self.audit.requested_user = event.user
+        self.audit.database = event.database
+        if self.rt.connections > self.cfg.limits.max_connections:
+            msg = "sorry, too many clients already"
+            await self._fatal("53300", msg)
+            raise self._fail("startup_error", msg)
+        return event
+
+    # ------------------------------------------------------------ phase 4: policy
+
+    async def _decide(self, startup: StartupMessage) -> tuple[BackendSettings, str]:
+        cfg = self.cfg
+        assert self.identity is not None
+        identities = self.identity.values(cfg.identity.field)
+        self.audit.identity = identities[0] if identities else None
+        decision = rules_mod.evaluate(
+            cfg.rules,
+            identities,
+            startup.user,
+            startup.database,
+            self.source,
+            cfg.identity.on_user_mismatch,
+        )
+        if isinstance(decision, rules_mod.Deny):
+            self.metrics.denied_by_reason[decision.reason].inc()
+            self.log.info(
+                "P: denied (%s): identity=%r user=%r database=%r",
+                decision.reason,
+                self.audit.identity,
+                startup.user,
+                startup.database,
+            )
+            await self._fatal("28000", decision.message)
+            raise self._fail("denied", decision.reason)
+        self.audit.identity = decision.identity
+        self.audit.user = decision.user
+        backend = rules_mod.route(cfg.backends, decision.backend, startup.database)
+        if backend is None:
+            msg = f'no backend serves database "{startup.database}"'
+            self.log.info("P: %s", msg)
+            await self._fatal("3D000", msg)
+            raise self._fail("backend_error", msg)
+        self.audit.backend = backend.name
+        return backend, decision.user
+
+    # ------------------------------------------------------------ phase 5: backend
+
+    async def _connect_backend(
+        self, backend: BackendSettings, startup: StartupMessage, user: str
+    ) -> None:
+        self.phase.name = "backend"
+        describe = f'backend "{backend.name}"'
+        try:
+            stream = await open_backend(backend, self.state.backend_contexts.get(backend.name))
+        except BackendUnavailable as exc:
+            self.metrics.backend_connect_errors.labels(backend.name).inc()
+            msg = f"could not connect to {describe}: {exc}"
+            self.log.warning("S: %s", msg)
+            await self._fatal("08006", msg)
+            raise self._fail("backend_error", msg) from None
+        self.backend_stream = stream
+        if user != startup.user:
+            startup = startup.with_user(user)
+        authenticator = self.rt.authenticator_for(backend, user, stream)
+        try:
+            result, extra = await run_login(stream, startup, authenticator, describe)
+        except BackendLoginError as exc:
+            self.metrics.backend_connect_errors.labels(backend.name).inc()
+            msg = (
+                f'{describe} refused login of user "{user}": {exc.message}'
+                if exc.from_backend
+                else exc.message
+            )
+            self.log.warning("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
+            await self._fatal(exc.sqlstate, msg)
+            raise self._fail("backend_error", msg) from None
+        out = [codec.authentication_ok(), *result.to_client]
+        if result.backend_pid is not None and result.backend_key is not None:
+            pid, key = self.rt.cancels.register(
+                CancelTarget(backend, result.backend_pid, result.backend_key)
+            )
+            self.cancel_key = (pid, key)
+            out.append(codec.backend_key_data(pid, key))
+        out.append(result.ready_for_query)
+        if extra:
+            out.append(extra)
+        await self.client.send_all(b"".join(out))
+        self.phase.name = "relay"
+        self.active_backend = backend.name
+        self.metrics.sessions_active.labels(backend.name).inc()
+        self.log.info(
+            "P: session open: identity=%r user=%r database=%r backend=%s",
+            self.audit.identity,
+            user,
+            startup.database,
+            backend.name,
+        )
+
+    # ------------------------------------------------------------ phase 6: relay
+
+    async def _relay(self) -> None:
+        assert self.backend_stream is not None
+        result = await relay(
+            self.client, self.backend_stream, self.metrics.bytes_c2b, self.metrics.bytes_b2c
+        )
+        self.audit.bytes_in = result.bytes_in
+        self.audit.bytes_out = result.bytes_out
+        self.audit.outcome = "completed"
+        if result.ended_by == "client":
+            # The client vanished without Terminate, or sent it; either way
+            # tell the backend we are done so it frees the session at once.
+            try:
+                with trio.move_on_after(1):
+                    await self.backend_stream.send_all(codec.terminate())
+            except (StreamClosed, OSError):
+                pass
+        self.log.debug("P: relay ended by %s", result.ended_by)
+
+    # ------------------------------------------------------------ cancel
+
+    async def _cancel(self, request: CancelRequest, *, via_tls: bool) -> None:
+        self.audit.event = "cancel"
+        self.audit.outcome = "completed"
+        if not via_tls:
+            self.handshake_counted = True  # no handshake took place
+            if not self.cfg.limits.plaintext_cancel:
+                self.log.info("C: plaintext CancelRequest refused (limits.plaintext_cancel)")
+                self.audit.error = "plaintext cancel refused"
+                return
+        target = self.rt.cancels.lookup(request.pid, request.key)
+        if target is None:
+            self.metrics.cancel_by_result["unknown_key"].inc()
+            self.log.info("C: CancelRequest with an unknown key dropped")
+            self.audit.error = "unknown cancel key"
+            return
+        self.metrics.cancel_by_result["forwarded"].inc()
+        self.audit.backend = target.backend.name
+        try:
+            stream = await open_backend(
+                target.backend, self.state.backend_contexts.get(target.backend.name)
+            )
+        except BackendUnavailable as exc:
+            self.log.warning("S: cancel not delivered: %s", exc)
+            self.audit.error = str(exc)
+            return
+        try:
+            with trio.move_on_after(target.backend.connect_timeout):
+                await stream.send_all(CancelRequest(target.pid, target.key).encode())
+                # The server closes the connection once it has acted on it.
+                buf = memoryview(bytearray(64))
+                await stream.recv_into(buf)
+        except (StreamClosed, OSError):
+            pass
+        finally:
+            await stream.aclose()
+        self.log.info("C: CancelRequest forwarded to backend %s", target.backend.name)
+
+    # ------------------------------------------------------------ teardown
+
+    async def _close(self, lingering: bool) -> None:
+        if self.backend_stream is not None:
+            await self.backend_stream.aclose()
+        if lingering:
+            await self.client.linger_close(0.5)
+        else:
+            await self.client.aclose()
+
+    def _finish(self) -> None:
+        if self.cancel_key is not None:
+            self.rt.cancels.unregister(*self.cancel_key)
+        if self.active_backend is not None:
+            self.metrics.sessions_active.labels(self.active_backend).dec()
+        if self.audit.event == "session":
+            self.metrics.session_by_outcome[self.audit.outcome].inc()
+        audit_mod.write(self.audit, self.cfg.logging.audit)

@@ -1,0 +1,119 @@
+"""The backend login as a generator: startup -> authentication -> ReadyForQuery.
+
+The generator yields the bytes to send to the backend (possibly empty) and is
+resumed with the next backend message ``(type, payload)``; it returns a
+:class:`LoginResult` or raises :class:`BackendLoginError`. One small I/O
+function drives it (psycopg's ``generators.py`` / ``waiting.py`` split), so
+the whole exchange is unit-tested without sockets.
+
+Protocol reference: PostgreSQL documentation, "Frontend/Backend Protocol",
+"Message Flow" -> "Start-up".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pgtls_proxy.wire import codec
+from pgtls_proxy.wire.messages import StartupMessage
+
+# A backend message: its type byte and payload.
+Message = tuple[bytes, bytes]
+LoginGenerator = Generator[bytes, Message, "LoginResult"]
+
+_AUTH_NAMES = {
+    2: "Kerberos V5",
+    3: "cleartext password",
+    5: "MD5 password",
+    7: "GSSAPI",
+    8: "GSSAPI continuation",
+    9: "SSPI",
+    10: "SASL",
+}
+
+
+class BackendLoginError(Exception):
+    """The backend refused the login, or asked for something we cannot answer.
+
+    ``sqlstate`` is the backend's own when it sent an ErrorResponse.
+    """
+
+    def __init__(self, sqlstate: str, message: str, *, from_backend: bool = False) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.from_backend = from_backend
+
+
+@dataclass(slots=True)
+class LoginResult:
+    """What the client must see, in order, plus the backend's cancel key."""
+
+    to_client: list[bytes] = field(default_factory=list)
+    backend_pid: int | None = None
+    backend_key: bytes | None = None
+    ready_for_query: bytes = b""
+
+
+class Authenticator(Protocol):
+    """Answers the backend's authentication requests for one login.
+
+    ``answer`` gets each AuthenticationRequest (code and the bytes after it)
+    and returns the encoded reply to send, or ``b""`` when none is due (e.g.
+    after SASLFinal, once the server signature has been checked).
+    """
+
+    def answer(self, code: int, data: bytes) -> bytes: ...
+
+
+def login(
+    startup: StartupMessage,
+    authenticator: Authenticator | None = None,
+    *,
+    describe: str = "backend",
+) -> LoginGenerator:
+    """Drive a backend from the startup message to its first ReadyForQuery."""
+    result = LoginResult()
+    msg_type, payload = yield startup.encode()
+    authenticated = False
+    while True:
+        reply = b""
+        if msg_type == b"E":
+            fields = codec.parse_error_fields(payload)
+            raise BackendLoginError(
+                fields.get("C", "08006"),
+                fields.get("M", "backend refused the connection"),
+                from_backend=True,
+            )
+        if msg_type == b"R" and not authenticated:
+            code, data = codec.parse_authentication(payload)
+            if code == codec.AUTH_OK:
+                authenticated = True
+            elif authenticator is None:
+                method = _AUTH_NAMES.get(code, f"method {code}")
+                raise BackendLoginError(
+                    "28000",
+                    f"{describe} asked for {method} authentication of user "
+                    f'"{startup.user}" and the proxy holds no secret for that user',
+                )
+            else:
+                reply = authenticator.answer(code, data)
+        elif msg_type == b"v":
+            # NegotiateProtocolVersion: the client asked for a newer minor
+            # version or _pq_ options; it must see the answer untouched.
+            result.to_client.append(codec.encode_message(msg_type, payload))
+        elif msg_type == b"K" and authenticated:
+            result.backend_pid, result.backend_key = codec.parse_backend_key_data(payload)
+        elif msg_type == b"Z" and authenticated:
+            result.ready_for_query = codec.encode_message(msg_type, payload)
+            return result
+        elif (msg_type in (b"S", b"N") and authenticated) or msg_type == b"N":
+            result.to_client.append(codec.encode_message(msg_type, payload))
+        else:
+            raise BackendLoginError(
+                "08P01",
+                f"{describe} sent an unexpected message {msg_type!r} during login",
+            )
+        msg_type, payload = yield reply

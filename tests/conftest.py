@@ -1,0 +1,7 @@
+"""Fixtures live in tests/fixtures/ and are registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.cluster",
+    "tests.fixtures.pki",
+    "tests.fixtures.proxy",
+]
