@@ -70,6 +70,9 @@ def run_demo(port: int = 6432, keep: bool = False) -> int:
         print(INSTALL_HINT, file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="pgtls-proxy-demo-"))
+    # Traversable (not listable) so the postgres OS user can reach its data
+    # directory below it when the demo runs as root; the keys stay 0600.
+    workdir.chmod(0o711)
     pki = workdir / "pki"
     cluster: PgCluster | None = None
     try:
