@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.pki",
     "tests.fixtures.proxy",
+    "tests.fixtures.daemon",
 ]

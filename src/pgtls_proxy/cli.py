@@ -17,11 +17,22 @@ from pgtls_proxy.pki.contexts import TLSConfigError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pgtls_proxy.server import Proxy
+    from pgtls_proxy.supervisor import run_supervisor, worker_role
 
     try:
         config = load_config(args.config)
-        setup_logging(config.logging.level, config.logging.format)
-        proxy = Proxy(config)
+        role = worker_role()
+        setup_logging(
+            config.logging.level,
+            config.logging.format,
+            worker=role.worker_id if role is not None else None,
+        )
+        if role is None and config.workers > 1:
+            from pgtls_proxy.runtime import build_state
+
+            build_state(config)  # a bad file must stop us before any worker starts
+            return run_supervisor(config, config.workers)
+        proxy = Proxy(config, role=role)
     except (ConfigError, TLSConfigError) as exc:
         print(f"pgtls-proxy: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -61,13 +61,32 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+class _WorkerStamp(logging.Filter):
+    """Adds ``worker=N`` to every record of a worker process."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def setup_logging(
+    level: str = "info",
+    fmt: str = "text",
+    stream: TextIO | None = None,
+    worker: int | None = None,
+) -> None:
     """Configure the package logger; calling again replaces the handler."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(_WorkerStamp(worker))
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False

@@ -7,7 +7,16 @@ bound when the session started.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from pgtls_proxy import __version__
 
@@ -50,12 +59,26 @@ _EXPIRY_BUCKETS = (
 )
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_enabled() -> bool:
+    """Worker processes write their samples to files the supervisor adds up."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
 class Metrics:
-    """The proxy's metrics in their own registry (one per server instance)."""
+    """The proxy's metrics in their own registry (one per server instance).
+
+    In a worker process (``PROMETHEUS_MULTIPROC_DIR`` set) the values live in
+    memory-mapped files and the supervisor serves their sum; gauges then say
+    how they combine across workers.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        multi = multiprocess_enabled()
         self.handshakes = Counter(
             "pgtls_handshakes_total", "Client TLS handshakes by result.", ["result"], registry=r
         )
@@ -70,7 +93,11 @@ class Metrics:
             "pgtls_sessions_total", "Client connections by outcome.", ["outcome"], registry=r
         )
         self.sessions_active = Gauge(
-            "pgtls_sessions_active", "Sessions relaying to a backend.", ["backend"], registry=r
+            "pgtls_sessions_active",
+            "Sessions relaying to a backend.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.auth_denied = Counter(
             "pgtls_auth_denied_total", "Clients refused by the rules.", ["reason"], registry=r
@@ -90,11 +117,13 @@ class Metrics:
             "nextUpdate of each loaded CRL, by issuer.",
             ["issuer"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.server_cert_expiry = Gauge(
             "pgtls_server_cert_expiry_timestamp_seconds",
             "notAfter of the server certificate in use.",
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.client_cert_expiry = Histogram(
             "pgtls_client_cert_expiry_seconds",
@@ -115,8 +144,18 @@ class Metrics:
             "Handshakes let through in lenient mode despite a missing or stale CRL.",
             registry=r,
         )
-        build = Info("pgtls_build", "Build information.", registry=r)
-        build.info({"version": __version__})
+        # A gauge rather than an Info: Info has no multi-process mode.
+        self.build_info = Gauge(
+            "pgtls_build_info",
+            "Build information.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(__version__).set(1)
+        if not multi:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
 
         # Pre-created children: zeros for dashboards, no label lookups later.
         self.handshake_by_result = {k: self.handshakes.labels(k) for k in HANDSHAKE_RESULTS}

@@ -10,19 +10,32 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import trio
 
 from pgtls_proxy.admin import serve_admin
-from pgtls_proxy.config import Config, ConfigError, HostPort, load_config
+from pgtls_proxy.cancel import CancelRegistry
+from pgtls_proxy.config import (
+    Config,
+    ConfigError,
+    HostPort,
+    ListenSettings,
+    MetricsSettings,
+    load_config,
+)
 from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.runtime import Runtime, build_state
 from pgtls_proxy.session import Session
+
+if TYPE_CHECKING:
+    from pgtls_proxy.supervisor import WorkerRole
 
 _log = logging.getLogger(f"{LOGGER_NAME}.server")
 _LISTEN_BACKLOG = 1024
@@ -43,8 +56,12 @@ def sd_notify(message: str) -> None:
         _log.warning("P: cannot notify systemd: %s", exc)
 
 
-def bind_listener(address: HostPort) -> socket.socket:
-    """A non-blocking listening socket (IPv6 sockets accept IPv6 only)."""
+def bind_listener(address: HostPort, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking listening socket (IPv6 sockets accept IPv6 only).
+
+    ``reuse_port`` lets several worker processes bind the same address and
+    have the kernel spread connections over them.
+    """
     infos = socket.getaddrinfo(
         address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -52,6 +69,8 @@ def bind_listener(address: HostPort) -> socket.socket:
     sock = socket.socket(family, type_, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -61,6 +80,22 @@ def bind_listener(address: HostPort) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class _Listener:
+    """One bound listening socket and the scope of its accept loop."""
+
+    def __init__(self, settings: ListenSettings, sock: socket.socket) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.scope = trio.CancelScope()
+
+    def close(self) -> None:
+        self.scope.cancel()
+        if self.sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +109,46 @@ class Bound:
 class Proxy:
     """A running proxy: state, listeners, sessions."""
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, role: WorkerRole | None = None
+    ) -> None:
+        self.role = role
         self.metrics = metrics or Metrics()
-        self.rt = Runtime(state=build_state(config), metrics=self.metrics)
+        config = self._adapt(config)
+        self.rt = Runtime(
+            state=build_state(config),
+            metrics=self.metrics,
+            cancels=CancelRegistry(role.worker_id, role.worker_bits) if role else CancelRegistry(),
+        )
         self.rt.install(self.rt.state)
         self._stop = trio.Event()
         self._sessions_done = trio.Event()
         self._session_count = 0
-        self._listeners: list[socket.socket] = []
+        self._listeners: dict[ListenSettings, _Listener] = {}
+        self._acceptors: trio.Nursery | None = None
+        self._sessions: trio.Nursery | None = None
+        self.reuse_port = role is not None
         self.on_reload: list[Callable[[], None]] = []
         self._sessions_scope: trio.CancelScope | None = None
 
     @property
     def config(self) -> Config:
         return self.rt.config
+
+    def _adapt(self, config: Config) -> Config:
+        """In a worker: the supervisor's concrete ports, and no admin endpoint."""
+        if self.role is None:
+            return config
+        listen = tuple(
+            replace(item, address=HostPort(item.address.host, port))
+            for item, port in zip(config.listen, self.role.ports, strict=False)
+        )
+        return replace(config, listen=listen, metrics=MetricsSettings(address=None))
+
+    @property
+    def counts_reloads(self) -> bool:
+        """Only one process of a group counts reloads, so one SIGHUP counts once."""
+        return self.role is None or self.role.worker_id == 0
 
     # ------------------------------------------------------------ control
 
@@ -102,13 +163,23 @@ class Proxy:
         try:
             if source is None:
                 raise ConfigError("", "no config file to reload from")
-            new = build_state(load_config(source))
+            new = build_state(self._adapt(load_config(source)))
         except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
-            self.metrics.reload_by_result["failed"].inc()
+            if self.counts_reloads:
+                self.metrics.reload_by_result["failed"].inc()
             _log.error("P: reload failed, keeping the running configuration: %s", exc)
             return False
+        if self._acceptors is not None and not self.rt.draining:
+            try:
+                self._apply_listeners(new.config.listen)
+            except OSError as exc:
+                if self.counts_reloads:
+                    self.metrics.reload_by_result["failed"].inc()
+                _log.error("P: reload failed, cannot bind a new listener: %s", exc)
+                return False
         self.rt.install(new)
-        self.metrics.reload_by_result["ok"].inc()
+        if self.counts_reloads:
+            self.metrics.reload_by_result["ok"].inc()
         _log.info("P: configuration reloaded from %s", source)
         for callback in self.on_reload:
             callback()
@@ -118,10 +189,6 @@ class Proxy:
 
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        self._listeners = [bind_listener(item.address) for item in cfg.listen]
-        ports = tuple(s.getsockname()[1] for s in self._listeners)
-        for item, port in zip(cfg.listen, ports, strict=True):
-            _log.info("P: listening on %s", HostPort(item.address.host, port))
         try:
             async with trio.open_nursery() as outer:
                 metrics_port = None
@@ -135,29 +202,29 @@ class Proxy:
                     )
                 async with trio.open_nursery() as sessions:
                     self._sessions_scope = sessions.cancel_scope
-                    accept_scope = trio.CancelScope()
-
-                    async def accept_all() -> None:
-                        with accept_scope:
-                            async with trio.open_nursery() as acceptors:
-                                for lsock in self._listeners:
-                                    acceptors.start_soon(self._accept_loop, lsock, sessions)
-
-                    sessions.start_soon(accept_all)
-                    if threading_is_main():
-                        outer.start_soon(self._signals)
-                    self.rt.ready = True
-                    sd_notify("READY=1")
-                    task_status.started(Bound(ports, metrics_port))
-                    await self._stop.wait()
-                    sd_notify("STOPPING=1")
-                    _log.info(
-                        "P: draining %d session(s) for up to %gs",
-                        self._session_count,
-                        cfg.shutdown.drain_timeout,
-                    )
-                    accept_scope.cancel()
-                    self._close_listeners()
+                    async with trio.open_nursery() as acceptors:
+                        self._acceptors = acceptors
+                        self._sessions = sessions
+                        self._apply_listeners(cfg.listen)
+                        ports = tuple(item.port for item in self._listeners.values())
+                        if threading_is_main():
+                            outer.start_soon(self._signals)
+                        outer.start_soon(self._watchdog)
+                        self.rt.ready = True
+                        sd_notify("READY=1")
+                        task_status.started(Bound(ports, metrics_port))
+                        if self.role is not None:
+                            # Tell the supervisor this worker serves.
+                            sys.stdout.write("READY\n")
+                            sys.stdout.flush()
+                        await self._stop.wait()
+                        sd_notify("STOPPING=1")
+                        _log.info(
+                            "P: draining %d session(s) for up to %gs",
+                            self._session_count,
+                            self.rt.config.shutdown.drain_timeout,
+                        )
+                        self._apply_listeners(())
                     with trio.move_on_after(self.rt.config.shutdown.drain_timeout):
                         while self._session_count:
                             await self._sessions_done.wait()
@@ -167,40 +234,79 @@ class Proxy:
                     sessions.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
         finally:
-            self._close_listeners()
+            for listener in self._listeners.values():
+                listener.close()
+            self._listeners.clear()
         _log.info("P: stopped")
 
-    def _close_listeners(self) -> None:
-        for lsock in self._listeners:
-            if lsock.fileno() != -1:
-                trio.lowlevel.notify_closing(lsock)
-                lsock.close()
+    def _apply_listeners(self, wanted: tuple[ListenSettings, ...]) -> None:
+        """Bind what is new, close what is gone, keep what is unchanged.
 
-    async def _accept_loop(self, lsock: socket.socket, sessions: trio.Nursery) -> None:
+        Raises OSError when a new address cannot be bound; the listeners that
+        were already running keep running.
+        """
+        assert self._acceptors is not None and self._sessions is not None
+        added = [item for item in wanted if item not in self._listeners]
+        bound: list[_Listener] = []
+        try:
+            for item in added:
+                sock = bind_listener(item.address, reuse_port=self.reuse_port)
+                bound.append(_Listener(item, sock))
+        except BaseException:
+            for listener in bound:
+                listener.close()
+            raise
+        for item in [item for item in self._listeners if item not in wanted]:
+            listener = self._listeners.pop(item)
+            listener.close()
+            _log.info("P: stopped listening on %s", HostPort(item.address.host, listener.port))
+        for listener in bound:
+            self._listeners[listener.settings] = listener
+            self._acceptors.start_soon(self._accept_loop, listener, self._sessions)
+            _log.info(
+                "P: listening on %s%s",
+                HostPort(listener.settings.address.host, listener.port),
+                " (PROXY protocol)" if listener.settings.proxy_protocol else "",
+            )
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog at half its interval while the loop is alive."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+            return
+        interval = int(usec) / 2_000_000
         while True:
-            try:
-                sock, peer = lsock.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(lsock)
-                continue
-            except OSError as exc:
-                if lsock.fileno() == -1:
-                    return
-                # EMFILE and friends: back off instead of spinning.
-                _log.error("P: accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            hard_cap = 2 * self.rt.config.limits.max_connections + 100
-            if self.rt.connections >= hard_cap:
-                sock.close()
-                continue
-            sessions.start_soon(self._serve_one, sock, peer)
+            sd_notify("WATCHDOG=1")
+            await trio.sleep(interval)
 
-    async def _serve_one(self, sock: socket.socket, peer: object) -> None:
+    async def _accept_loop(self, listener: _Listener, sessions: trio.Nursery) -> None:
+        lsock = listener.sock
+        with listener.scope:
+            while True:
+                try:
+                    sock, peer = lsock.accept()
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(lsock)
+                    continue
+                except OSError as exc:
+                    if lsock.fileno() == -1:
+                        return
+                    # EMFILE and friends: back off instead of spinning.
+                    _log.error("P: accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                hard_cap = 2 * self.rt.config.limits.max_connections + 100
+                if self.rt.connections >= hard_cap:
+                    sock.close()
+                    continue
+                sessions.start_soon(self._serve_one, sock, peer, listener.settings)
+
+    async def _serve_one(self, sock: socket.socket, peer: object, listen: ListenSettings) -> None:
         self.rt.connections += 1
         self._session_count += 1
         try:
-            await Session(self.rt, sock, peer).run()
+            await Session(self.rt, sock, peer, proxy_protocol=listen.proxy_protocol).run()
         finally:
             self.rt.connections -= 1
             self._session_count -= 1

@@ -32,6 +32,7 @@ from pgtls_proxy.pki.identity import CertIdentity
 from pgtls_proxy.relay import relay
 from pgtls_proxy.runtime import Runtime, TLSState
 from pgtls_proxy.wire import codec
+from pgtls_proxy.wire import proxyproto
 from pgtls_proxy.wire.errors import ProtocolError
 from pgtls_proxy.wire.frontend import NEED_DATA, StartupReader, check_no_trailing_data
 from pgtls_proxy.wire.login import BackendLoginError
@@ -92,6 +93,7 @@ class Session:
         *,
         client_addr: str | None = None,
         source: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
+        proxy_protocol: bool = False,
     ) -> None:
         self.rt = rt
         self.state: TLSState = rt.state  # snapshot: a reload does not touch us
@@ -112,6 +114,7 @@ class Session:
         self.cancel_key: tuple[int, bytes] | None = None
         self.active_backend: str | None = None
         self.identity: CertIdentity | None = None
+        self.proxy_protocol = proxy_protocol
 
     # ------------------------------------------------------------ outcome helpers
 
@@ -182,11 +185,40 @@ class Session:
         self.log.info("P: startup timed out in phase %s", phase)
 
     async def _startup(self) -> None:
+        if self.proxy_protocol:
+            await self._read_proxy_header()
         negotiation = await self._negotiate()
         await self._handshake(negotiation)
         startup = await self._read_startup()
         backend, user = await self._decide(startup)
         await self._connect_backend(backend, startup, user)
+
+    # ------------------------------------------------------------ phase 0: PROXY header
+
+    async def _read_proxy_header(self) -> None:
+        """Take the real client address from a PROXY v1/v2 header.
+
+        A missing, malformed or oversized header closes the connection without
+        a word: whoever sent it is not the load balancer we trust.
+        """
+        buf = b""
+        try:
+            with trio.fail_after(self.cfg.tls.handshake_timeout):
+                while True:
+                    parsed = proxyproto.parse_proxy_header(buf)
+                    if parsed is not None:
+                        break
+                    buf += await self.raw.recv_some(proxyproto.bytes_needed(buf))
+        except (proxyproto.ProxyProtocolError, StreamClosed, trio.TooSlowError) as exc:
+            reason = "timeout" if isinstance(exc, trio.TooSlowError) else str(exc) or "closed"
+            self._handshake_result("aborted")
+            self.log.warning("C: no valid PROXY header (%s); closing", reason)
+            raise self._fail("client_error", f"bad PROXY header: {reason}") from None
+        header, _consumed = parsed
+        if header.source is not None:
+            self.source = ipaddress.ip_address(header.source[0])
+            self.audit.client_addr = format_addr(header.source)
+            self.log.debug("C: PROXY header: client %s", self.audit.client_addr)
 
     # ------------------------------------------------------------ phase 1: plaintext
 

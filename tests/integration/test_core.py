@@ -359,4 +359,5 @@ def test_max_connections_gives_53300(proxy_factory: ProxyFactory, pki: PKIFiles)
         with pytest.raises(psycopg.OperationalError) as info:
             connect(pki, proxy.port, "alice")
         assert "too many clients" in str(info.value)
+    proxy.wait_sample("pgtls_sessions_total", {"outcome": "completed"}, 2)
     assert_serves(proxy, pki)

@@ -1,0 +1,265 @@
+"""``workers: N``: N proxy processes on one port, supervised by the main process.
+
+Why processes: one trio loop is one core, and TLS plus relaying is CPU work.
+Each worker binds the listeners itself with ``SO_REUSEPORT`` and the kernel
+spreads connections over them. The supervisor owns everything that must be
+single: the admin endpoint (it adds up the workers' metrics, which they write
+to memory-mapped files through prometheus-client's multi-process mode),
+systemd notifications, signal fan-out, and restarting a worker that dies.
+
+A worker learns its role from the environment (``PGTLS_PROXY_WORKER_ID`` …),
+so it runs the very same ``pgtls-proxy run`` code path as a single process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from pgtls_proxy.admin import serve_admin
+from pgtls_proxy.config import Config, ConfigError, HostPort, load_config
+from pgtls_proxy.logsetup import LOGGER_NAME
+from pgtls_proxy.metrics import MULTIPROC_ENV
+from pgtls_proxy.pki.contexts import TLSConfigError
+from pgtls_proxy.runtime import build_state
+from pgtls_proxy.server import sd_notify
+
+_log = logging.getLogger(f"{LOGGER_NAME}.supervisor")
+
+ENV_WORKER_ID = "PGTLS_PROXY_WORKER_ID"
+ENV_WORKERS = "PGTLS_PROXY_WORKERS"
+ENV_RUNDIR = "PGTLS_PROXY_RUNDIR"
+ENV_PORTS = "PGTLS_PROXY_LISTEN_PORTS"
+_RESTART_DELAY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """What a worker process was told by its supervisor."""
+
+    worker_id: int
+    workers: int
+    rundir: Path
+    ports: tuple[int, ...]
+
+    @property
+    def worker_bits(self) -> int:
+        return max(0, (self.workers - 1).bit_length())
+
+    def cancel_socket(self, worker_id: int) -> Path:
+        return self.rundir / f"cancel-{worker_id}.sock"
+
+
+def worker_role() -> WorkerRole | None:
+    """The role from the environment, or None in a single-process run."""
+    wid = os.environ.get(ENV_WORKER_ID)
+    if wid is None:
+        return None
+    ports = tuple(int(p) for p in os.environ.get(ENV_PORTS, "").split(",") if p)
+    return WorkerRole(
+        worker_id=int(wid),
+        workers=int(os.environ[ENV_WORKERS]),
+        rundir=Path(os.environ[ENV_RUNDIR]),
+        ports=ports,
+    )
+
+
+def _reserve_port(address: HostPort) -> socket.socket:
+    """Bind (without listening) to learn a concrete port for ``:0`` listeners.
+
+    The socket joins no accept group because it never listens, so it holds
+    the port for the workers without taking any of their connections.
+    """
+    infos = socket.getaddrinfo(
+        address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(sockaddr)
+    return sock
+
+
+@dataclass(slots=True)
+class _Worker:
+    worker_id: int
+    process: trio.Process | None = None
+    ready: bool = False
+    restarts: int = 0
+    pids: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, config: Config, workers: int) -> None:
+        assert config.source is not None
+        self.config = config
+        self.workers = [_Worker(i) for i in range(workers)]
+        self.rundir = Path(tempfile.mkdtemp(prefix="pgtls-proxy-"))
+        self.metrics_dir = self.rundir / "metrics"
+        self.metrics_dir.mkdir()
+        self.draining = False
+        self._reserved = [_reserve_port(item.address) for item in config.listen]
+        self.ports = tuple(s.getsockname()[1] for s in self._reserved)
+        self.registry = CollectorRegistry()
+        MultiProcessCollector(self.registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._all_exited = trio.Event()
+
+    # ------------------------------------------------------------ workers
+
+    def _env(self, worker: _Worker) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        env[MULTIPROC_ENV] = str(self.metrics_dir)
+        env[ENV_WORKER_ID] = str(worker.worker_id)
+        env[ENV_WORKERS] = str(len(self.workers))
+        env[ENV_RUNDIR] = str(self.rundir)
+        env[ENV_PORTS] = ",".join(str(p) for p in self.ports)
+        return env
+
+    async def _run_worker(self, worker: _Worker) -> None:
+        """Keep one worker alive until the drain; restart it when it dies."""
+        argv = [sys.executable, "-m", "pgtls_proxy", "run", "--config", str(self.config.source)]
+        while True:
+            process = await trio.lowlevel.open_process(
+                argv, env=self._env(worker), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
+            worker.process = process
+            worker.ready = False
+            worker.pids.append(process.pid)
+            assert process.stdout is not None
+            async with trio.open_nursery() as nursery:
+
+                async def watch_ready(stdout: trio.abc.ReceiveStream = process.stdout) -> None:
+                    async for chunk in stdout:
+                        if b"READY" in chunk:
+                            worker.ready = True
+                            _log.debug("P: worker %d ready", worker.worker_id)
+
+                nursery.start_soon(watch_ready)
+                code = await process.wait()
+            worker.ready = False
+            mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+            if self.draining:
+                _log.info("P: worker %d exited (%s)", worker.worker_id, code)
+                return
+            worker.restarts += 1
+            _log.error(
+                "P: worker %d (pid %d) died with %s; restarting",
+                worker.worker_id,
+                process.pid,
+                code,
+            )
+            await trio.sleep(_RESTART_DELAY)
+
+    def _signal_workers(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                try:
+                    worker.process.send_signal(signum)
+                except ProcessLookupError:
+                    pass
+
+    def ready(self) -> bool:
+        return not self.draining and all(w.ready for w in self.workers)
+
+    # ------------------------------------------------------------ signals
+
+    def reload(self) -> None:
+        """Fan SIGHUP out; each worker validates and keeps its state on failure.
+
+        The supervisor validates too, only to log one clear line; worker 0 is
+        the one that counts reloads, so the metric moves once per SIGHUP.
+        """
+        try:
+            build_state(load_config(self.config.source or ""))
+        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+            _log.error("P: reload failed, keeping the running configuration: %s", exc)
+        self._signal_workers(signal.SIGHUP)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                    self.reload()
+                    sd_notify("READY=1")
+                else:
+                    if not self.draining:
+                        _log.info("P: %s received, draining workers", signal.Signals(signum).name)
+                        sd_notify("STOPPING=1")
+                    self.draining = True
+                    self._signal_workers(signal.SIGTERM)
+
+    async def _watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or not usec.isdigit():
+            return
+        while True:
+            if any(w.ready for w in self.workers):
+                sd_notify("WATCHDOG=1")
+            await trio.sleep(int(usec) / 2_000_000)
+
+    # ------------------------------------------------------------ main
+
+    async def run(self) -> None:
+        cfg = self.config
+        for item, port in zip(cfg.listen, self.ports, strict=True):
+            _log.info(
+                "P: listening on %s with %d workers",
+                HostPort(item.address.host, port),
+                len(self.workers),
+            )
+        async with trio.open_nursery() as outer:
+            if cfg.metrics.address is not None:
+                await outer.start(
+                    serve_admin,
+                    cfg.metrics.address.host,
+                    cfg.metrics.address.port,
+                    self.registry,
+                    self.ready,
+                )
+            outer.start_soon(self._signals)
+            outer.start_soon(self._watchdog)
+            async with trio.open_nursery() as workers:
+                for worker in self.workers:
+                    workers.start_soon(self._run_worker, worker)
+                while not all(w.ready for w in self.workers) and not self.draining:
+                    await trio.sleep(0.05)
+                if not self.draining:
+                    sd_notify("READY=1")
+                    _log.info("P: all %d workers ready", len(self.workers))
+            outer.cancel_scope.cancel()
+
+    def close(self) -> None:
+        for sock in self._reserved:
+            sock.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def run_supervisor(config: Config, workers: int) -> int:
+    supervisor = Supervisor(config, workers)
+    try:
+        trio.run(supervisor.run)
+    finally:
+        supervisor.close()
+    return 0

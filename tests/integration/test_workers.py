@@ -1,0 +1,84 @@
+"""``workers: N``: one port served by several processes under a supervisor."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import time
+from typing import Any
+
+from tests.fixtures.clients import connect, current_user
+from tests.fixtures.pki import PKIFiles
+
+WORKERS = 3
+
+
+def worker_pids(supervisor_pid: int) -> set[int]:
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == supervisor_pid:
+            children.add(int(entry))
+    return children
+
+
+def test_connections_spread_and_metrics_add_up(daemon_factory: Any, pki: PKIFiles) -> None:
+    d = daemon_factory({"workers": WORKERS})
+    d.wait_log(f"all {WORKERS} workers ready")
+
+    def one(_: int) -> str:
+        with connect(pki, d.port, "alice") as conn:
+            row = conn.execute("select current_user, pg_sleep(0.3)").fetchone()
+            assert row is not None
+            return str(row[0])
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+        assert set(pool.map(one, range(60))) == {"alice"}
+    d.wait_metric("pgtls_sessions_total", 60, outcome="completed")
+    assert d.metric("pgtls_handshakes_total", result="ok") == 60
+    assert d.metric("pgtls_sessions_active", backend="main") == 0
+    used = {
+        int(m.group(1))
+        for line in d.log
+        if "session open" in line and (m := re.search(r"worker=(\d+)", line))
+    }
+    assert len(used) >= 2, f"connections all landed on workers {used}"
+
+
+def test_killed_worker_is_replaced(daemon_factory: Any, pki: PKIFiles) -> None:
+    d = daemon_factory({"workers": 2})
+    d.wait_log("all 2 workers ready")
+    before = worker_pids(d.proc.pid)
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    d.wait_log(rf"worker \d \(pid {victim}\) died")
+    deadline = time.monotonic() + 15
+    while True:
+        now = worker_pids(d.proc.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.1)
+    for _ in range(6):
+        assert current_user(pki, d.port, "alice") == "alice"
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(15) == 0
+
+
+def test_sighup_counts_one_reload(daemon_factory: Any, pki: PKIFiles) -> None:
+    d = daemon_factory({"workers": 2})
+    d.wait_log("all 2 workers ready")
+    d.signal(signal.SIGHUP)
+    d.wait_metric("pgtls_config_reloads_total", 1, result="ok")
+    time.sleep(0.5)
+    assert d.metric("pgtls_config_reloads_total", result="ok") == 1
+    assert current_user(pki, d.port, "alice") == "alice"
