@@ -480,7 +480,7 @@ def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
     metrics_address: HostPort | None = HostPort("127.0.0.1", 9187)
     if "address" in metrics:
         metrics_address = _optional(metrics["address"], "metrics.address", parse_host_port)
-    workers = top.get("workers", 1)
+    workers = top.get("workers")
     return Config(
         listen=_listen(top.get("listen")),
         tls=_tls(top.get("tls"), base),

@@ -214,6 +214,9 @@ class Proxy:
                         sd_notify("READY=1")
                         task_status.started(Bound(ports, metrics_port))
                         if self.role is not None:
+                            if self.role.reloaded and self.counts_reloads:
+                                # This process is how the last reload took effect.
+                                self.metrics.reload_by_result["ok"].inc()
                             # Tell the supervisor this worker serves.
                             sys.stdout.write("READY\n")
                             sys.stdout.flush()

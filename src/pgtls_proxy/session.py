@@ -31,8 +31,7 @@ from pgtls_proxy.pki.contexts import ALPN_POSTGRESQL, classify_handshake_error
 from pgtls_proxy.pki.identity import CertIdentity
 from pgtls_proxy.relay import relay
 from pgtls_proxy.runtime import Runtime, TLSState
-from pgtls_proxy.wire import codec
-from pgtls_proxy.wire import proxyproto
+from pgtls_proxy.wire import codec, proxyproto
 from pgtls_proxy.wire.errors import ProtocolError
 from pgtls_proxy.wire.frontend import NEED_DATA, StartupReader, check_no_trailing_data
 from pgtls_proxy.wire.login import BackendLoginError

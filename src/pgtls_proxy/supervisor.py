@@ -43,6 +43,7 @@ ENV_WORKER_ID = "PGTLS_PROXY_WORKER_ID"
 ENV_WORKERS = "PGTLS_PROXY_WORKERS"
 ENV_RUNDIR = "PGTLS_PROXY_RUNDIR"
 ENV_PORTS = "PGTLS_PROXY_LISTEN_PORTS"
+ENV_RELOADED = "PGTLS_PROXY_RELOADED"
 _RESTART_DELAY = 0.5
 
 
@@ -54,6 +55,7 @@ class WorkerRole:
     workers: int
     rundir: Path
     ports: tuple[int, ...]
+    reloaded: bool = False  # started by a reload that changed the listeners
 
     @property
     def worker_bits(self) -> int:
@@ -74,6 +76,7 @@ def worker_role() -> WorkerRole | None:
         workers=int(os.environ[ENV_WORKERS]),
         rundir=Path(os.environ[ENV_RUNDIR]),
         ports=ports,
+        reloaded=os.environ.get(ENV_RELOADED) == "1",
     )
 
 
@@ -103,6 +106,8 @@ class _Worker:
     ready: bool = False
     restarts: int = 0
     pids: list[int] = field(default_factory=list)
+    replace: trio.Event = field(default_factory=trio.Event)
+    replaced: bool = False
 
 
 class Supervisor:
@@ -120,7 +125,8 @@ class Supervisor:
         MultiProcessCollector(self.registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self._all_exited = trio.Event()
+        self._live: set[trio.Process] = set()
+        self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------ workers
 
@@ -134,18 +140,27 @@ class Supervisor:
         env[ENV_WORKERS] = str(len(self.workers))
         env[ENV_RUNDIR] = str(self.rundir)
         env[ENV_PORTS] = ",".join(str(p) for p in self.ports)
+        env[ENV_RELOADED] = "1" if worker.replaced else "0"
         return env
 
     async def _run_worker(self, worker: _Worker) -> None:
-        """Keep one worker alive until the drain; restart it when it dies."""
+        """Keep one worker alive until the drain; restart it when it dies.
+
+        When a reload changes the listeners, the worker is replaced: the new
+        process starts at once on the new ports while the old one drains its
+        sessions in the background.
+        """
         argv = [sys.executable, "-m", "pgtls_proxy", "run", "--config", str(self.config.source)]
         while True:
             process = await trio.lowlevel.open_process(
                 argv, env=self._env(worker), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
             )
+            self._live.add(process)
             worker.process = process
             worker.ready = False
             worker.pids.append(process.pid)
+            replace_requested = worker.replace = trio.Event()
+            replaced = False
             assert process.stdout is not None
             async with trio.open_nursery() as nursery:
 
@@ -155,27 +170,50 @@ class Supervisor:
                             worker.ready = True
                             _log.debug("P: worker %d ready", worker.worker_id)
 
+                async def watch_replace(requested: trio.Event = replace_requested) -> None:
+                    nonlocal replaced
+                    await requested.wait()
+                    replaced = True
+                    nursery.cancel_scope.cancel()
+
                 nursery.start_soon(watch_ready)
-                code = await process.wait()
+                nursery.start_soon(watch_replace)
+                await process.wait()
+                nursery.cancel_scope.cancel()
             worker.ready = False
-            mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+            worker.replaced = replaced
+            if replaced and process.returncode is None:
+                _log.info("P: replacing worker %d (pid %d)", worker.worker_id, process.pid)
+                process.send_signal(signal.SIGTERM)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._reap, process)
+                continue
+            self._reaped(process)
             if self.draining:
-                _log.info("P: worker %d exited (%s)", worker.worker_id, code)
+                _log.info("P: worker %d exited (%s)", worker.worker_id, process.returncode)
                 return
             worker.restarts += 1
             _log.error(
                 "P: worker %d (pid %d) died with %s; restarting",
                 worker.worker_id,
                 process.pid,
-                code,
+                process.returncode,
             )
             await trio.sleep(_RESTART_DELAY)
 
+    async def _reap(self, process: trio.Process) -> None:
+        await process.wait()
+        self._reaped(process)
+
+    def _reaped(self, process: trio.Process) -> None:
+        self._live.discard(process)
+        mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+
     def _signal_workers(self, signum: int) -> None:
-        for worker in self.workers:
-            if worker.process is not None and worker.process.returncode is None:
+        for process in list(self._live):
+            if process.returncode is None:
                 try:
-                    worker.process.send_signal(signum)
+                    process.send_signal(signum)
                 except ProcessLookupError:
                     pass
 
@@ -191,10 +229,32 @@ class Supervisor:
         the one that counts reloads, so the metric moves once per SIGHUP.
         """
         try:
-            build_state(load_config(self.config.source or ""))
+            config = load_config(self.config.source or "")
+            build_state(config)
         except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
             _log.error("P: reload failed, keeping the running configuration: %s", exc)
+        else:
+            if config.listen != self.config.listen:
+                self._rebind(config)
+                return
         self._signal_workers(signal.SIGHUP)
+
+    def _rebind(self, config: Config) -> None:
+        """New listeners: reserve their ports, then replace every worker."""
+        try:
+            reserved = [_reserve_port(item.address) for item in config.listen]
+        except OSError as exc:
+            _log.error("P: reload failed, cannot bind a new listener: %s", exc)
+            return
+        for sock in self._reserved:
+            sock.close()
+        self._reserved = reserved
+        self.ports = tuple(sock.getsockname()[1] for sock in reserved)
+        self.config = config
+        for item, port in zip(config.listen, self.ports, strict=True):
+            _log.info("P: listening on %s", HostPort(item.address.host, port))
+        for worker in self.workers:
+            worker.replace.set()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
@@ -223,12 +283,6 @@ class Supervisor:
 
     async def run(self) -> None:
         cfg = self.config
-        for item, port in zip(cfg.listen, self.ports, strict=True):
-            _log.info(
-                "P: listening on %s with %d workers",
-                HostPort(item.address.host, port),
-                len(self.workers),
-            )
         async with trio.open_nursery() as outer:
             if cfg.metrics.address is not None:
                 await outer.start(
@@ -241,11 +295,18 @@ class Supervisor:
             outer.start_soon(self._signals)
             outer.start_soon(self._watchdog)
             async with trio.open_nursery() as workers:
+                self._nursery = workers
                 for worker in self.workers:
                     workers.start_soon(self._run_worker, worker)
                 while not all(w.ready for w in self.workers) and not self.draining:
                     await trio.sleep(0.05)
                 if not self.draining:
+                    for item, port in zip(cfg.listen, self.ports, strict=True):
+                        _log.info(
+                            "P: listening on %s with %d workers",
+                            HostPort(item.address.host, port),
+                            len(self.workers),
+                        )
                     sd_notify("READY=1")
                     _log.info("P: all %d workers ready", len(self.workers))
             outer.cancel_scope.cancel()

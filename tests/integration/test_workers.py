@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import re
 import signal
+import socket
 import time
 from typing import Any
 
@@ -82,3 +83,32 @@ def test_sighup_counts_one_reload(daemon_factory: Any, pki: PKIFiles) -> None:
     time.sleep(0.5)
     assert d.metric("pgtls_config_reloads_total", result="ok") == 1
     assert current_user(pki, d.port, "alice") == "alice"
+
+
+def test_reload_with_new_listener_replaces_workers(daemon_factory: Any, pki: PKIFiles) -> None:
+    d = daemon_factory({"workers": 2})
+    d.wait_log("all 2 workers ready")
+    conn = connect(pki, d.port, "alice")  # an old worker keeps it while draining
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            new_port = s.getsockname()[1]
+        data = dict(d.data)
+        data["listen"] = [{"address": f"127.0.0.1:{new_port}"}]
+        start = len(d.log)
+        d.write(data)
+        d.signal(signal.SIGHUP)
+        d.wait_log(r"replacing worker 1", start=start)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert current_user(pki, new_port, "alice", connect_timeout=2) == "alice"
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert conn.execute("select 1").fetchone() == (1,), "sessions survive the rebind"
+    finally:
+        conn.close()
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(15) == 0
