@@ -13,6 +13,7 @@ so it runs the very same ``pgtls-proxy run`` code path as a single process.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -45,6 +46,7 @@ ENV_RUNDIR = "PGTLS_PROXY_RUNDIR"
 ENV_PORTS = "PGTLS_PROXY_LISTEN_PORTS"
 ENV_RELOADED = "PGTLS_PROXY_RELOADED"
 _RESTART_DELAY = 0.5
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,19 @@ class WorkerRole:
 
     def cancel_socket(self, worker_id: int) -> Path:
         return self.rundir / f"cancel-{worker_id}.sock"
+
+
+def die_with_parent() -> None:
+    """Have the kernel send SIGTERM to this worker if its supervisor dies.
+
+    Without it a killed supervisor would leave workers serving with nobody
+    to supervise them (Linux only; elsewhere a no-op).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
 
 
 def worker_role() -> WorkerRole | None:

@@ -112,3 +112,16 @@ def test_reload_with_new_listener_replaces_workers(daemon_factory: Any, pki: PKI
         conn.close()
     d.signal(signal.SIGTERM)
     assert d.proc.wait(15) == 0
+
+
+def test_workers_exit_when_the_supervisor_is_killed(daemon_factory: Any, pki: PKIFiles) -> None:
+    d = daemon_factory({"workers": 2})
+    d.wait_log("all 2 workers ready")
+    workers = worker_pids(d.proc.pid)
+    assert len(workers) == 2
+    d.proc.kill()
+    d.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        assert time.monotonic() < deadline, "orphaned workers keep running"
+        time.sleep(0.05)
