@@ -13,7 +13,11 @@ import trio
 
 from pgtls_proxy.netio import ByteStream, StreamClosed
 
-READ_SIZE = 65536
+# Buffers start small, so an idle session costs little memory, and grow when
+# a read fills them (bulk COPY), up to MAX_READ. One TLS record carries at
+# most 16 KiB, so reads from the client never need more than that.
+INITIAL_READ = 8192
+MAX_READ = 65536
 
 
 class _Counter(Protocol):
@@ -29,9 +33,11 @@ class RelayResult:
     ended_by: str = ""  # "client" or "backend"
 
 
-async def _pump(src: ByteStream, dst: ByteStream, counter: _Counter, totals: list[int]) -> None:
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
+async def _pump(
+    src: ByteStream, dst: ByteStream, counter: _Counter, totals: list[int], max_read: int
+) -> None:
+    size = INITIAL_READ
+    view = memoryview(bytearray(size))
     recv_into = src.recv_into
     send_all = dst.send_all
     inc = counter.inc
@@ -42,6 +48,9 @@ async def _pump(src: ByteStream, dst: ByteStream, counter: _Counter, totals: lis
         await send_all(view[:n])
         inc(n)
         totals[0] += n
+        if n == size and size < max_read:
+            size = min(size * 4, max_read)
+            view = memoryview(bytearray(size))
 
 
 async def relay(
@@ -56,7 +65,7 @@ async def relay(
 
         async def client_side() -> None:
             try:
-                await _pump(client, backend, c2b, into)
+                await _pump(client, backend, c2b, into, 16384)
             except StreamClosed:
                 pass
             result.ended_by = result.ended_by or "client"
@@ -64,7 +73,7 @@ async def relay(
 
         async def backend_side() -> None:
             try:
-                await _pump(backend, client, b2c, out)
+                await _pump(backend, client, b2c, out, MAX_READ)
             except StreamClosed:
                 pass
             result.ended_by = result.ended_by or "backend"
