@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from cryptography import x509
 
@@ -68,6 +70,9 @@ class Runtime:
     draining: bool = False
     ready: bool = False
     started: float = field(default_factory=time.monotonic)
+    # With several workers: the hand-off socket of the worker that owns a
+    # substitute pid, or None when this process owns it.
+    cancel_peer: Callable[[int], Path | None] | None = None
 
     def install(self, state: TLSState) -> None:
         """Swap in a new state; established sessions keep their snapshot."""

@@ -14,12 +14,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
 from pgtls_proxy.admin import serve_admin
 from pgtls_proxy.cancel import CancelRegistry
+from pgtls_proxy.cancel_delivery import serve_handoffs
 from pgtls_proxy.config import (
     Config,
     ConfigError,
@@ -128,6 +130,8 @@ class Proxy:
         self._acceptors: trio.Nursery | None = None
         self._sessions: trio.Nursery | None = None
         self.reuse_port = role is not None
+        if role is not None and role.workers > 1:
+            self.rt.cancel_peer = self._cancel_peer
         self.on_reload: list[Callable[[], None]] = []
         self._sessions_scope: trio.CancelScope | None = None
 
@@ -144,6 +148,14 @@ class Proxy:
             for item, port in zip(config.listen, self.role.ports, strict=False)
         )
         return replace(config, listen=listen, metrics=MetricsSettings(address=None))
+
+    def _cancel_peer(self, pid: int) -> Path | None:
+        """The hand-off socket of the worker that issued ``pid``, if not us."""
+        assert self.role is not None
+        owner = self.rt.cancels.owner_of(pid)
+        if owner == self.role.worker_id or owner >= self.role.workers:
+            return None
+        return self.role.cancel_socket(owner)
 
     @property
     def counts_reloads(self) -> bool:
@@ -199,6 +211,10 @@ class Proxy:
                         cfg.metrics.address.port,
                         self.metrics.registry,
                         lambda: self.rt.ready and not self.rt.draining,
+                    )
+                if self.role is not None and self.role.workers > 1:
+                    await outer.start(
+                        serve_handoffs, self.rt, self.role.cancel_socket(self.role.worker_id)
                     )
                 async with trio.open_nursery() as sessions:
                     self._sessions_scope = sessions.cancel_scope

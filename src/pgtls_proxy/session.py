@@ -23,6 +23,7 @@ from pgtls_proxy import audit as audit_mod
 from pgtls_proxy.audit import AuditRecord
 from pgtls_proxy.backend import BackendUnavailable, open_backend, run_login
 from pgtls_proxy.cancel import CancelTarget
+from pgtls_proxy.cancel_delivery import deliver_cancel
 from pgtls_proxy.config import BackendSettings
 from pgtls_proxy.logsetup import LOGGER_NAME, SessionLog
 from pgtls_proxy.netio import ByteStream, PlainStream, StreamClosed, TLSStream
@@ -485,33 +486,15 @@ class Session:
                 self.log.info("C: plaintext CancelRequest refused (limits.plaintext_cancel)")
                 self.audit.error = "plaintext cancel refused"
                 return
-        target = self.rt.cancels.lookup(request.pid, request.key)
-        if target is None:
-            self.metrics.cancel_by_result["unknown_key"].inc()
-            self.log.info("C: CancelRequest with an unknown key dropped")
-            self.audit.error = "unknown cancel key"
-            return
-        self.metrics.cancel_by_result["forwarded"].inc()
-        self.audit.backend = target.backend.name
-        try:
-            stream = await open_backend(
-                target.backend, self.state.backend_contexts.get(target.backend.name)
+        backend, error = await deliver_cancel(self.rt, request)
+        self.audit.backend = backend
+        self.audit.error = error
+        if error is None:
+            self.log.info(
+                "C: CancelRequest delivered%s", f" to backend {backend}" if backend else ""
             )
-        except BackendUnavailable as exc:
-            self.log.warning("S: cancel not delivered: %s", exc)
-            self.audit.error = str(exc)
-            return
-        try:
-            with trio.move_on_after(target.backend.connect_timeout):
-                await stream.send_all(CancelRequest(target.pid, target.key).encode())
-                # The server closes the connection once it has acted on it.
-                buf = memoryview(bytearray(64))
-                await stream.recv_into(buf)
-        except (StreamClosed, OSError):
-            pass
-        finally:
-            await stream.aclose()
-        self.log.info("C: CancelRequest forwarded to backend %s", target.backend.name)
+        else:
+            self.log.info("C: CancelRequest not delivered: %s", error)
 
     # ------------------------------------------------------------ teardown
 

@@ -10,6 +10,8 @@ import socket
 import time
 from typing import Any
 
+import psycopg
+
 from tests.fixtures.clients import connect, current_user
 from tests.fixtures.pki import PKIFiles
 
@@ -125,3 +127,35 @@ def test_workers_exit_when_the_supervisor_is_killed(daemon_factory: Any, pki: PK
     while any(os.path.exists(f"/proc/{pid}") for pid in workers):
         assert time.monotonic() < deadline, "orphaned workers keep running"
         time.sleep(0.05)
+
+
+def test_cancel_reaches_the_worker_that_runs_the_session(
+    daemon_factory: Any, pki: PKIFiles
+) -> None:
+    d = daemon_factory({"workers": 4})
+    d.wait_log("all 4 workers ready")
+
+    def cancel_one(i: int) -> float:
+        with connect(pki, d.port, "alice") as conn:
+            started = time.monotonic()
+
+            def later() -> None:
+                time.sleep(0.5)
+                if i % 2:
+                    conn.cancel_safe()  # inside TLS, libpq 17+
+                else:
+                    conn.cancel()  # plaintext, what psql's Ctrl-C sends
+
+            with concurrent.futures.ThreadPoolExecutor(1) as one:
+                one.submit(later)
+                try:
+                    conn.execute("select pg_sleep(30)")
+                except psycopg.errors.QueryCanceled:
+                    return time.monotonic() - started
+            raise AssertionError("the query was not cancelled")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        took = list(pool.map(cancel_one, range(16)))
+    assert max(took) < 2.5, took
+    d.wait_metric("pgtls_cancel_requests_total", 16, result="forwarded")
+    assert d.metric("pgtls_cancel_requests_total", result="unknown_key") == 0
