@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.pki",
+    "tests.fixtures.chain_pki",
     "tests.fixtures.proxy",
     "tests.fixtures.daemon",
 ]

@@ -25,7 +25,7 @@ def run_checks(path: str, now: datetime | None = None) -> list[str]:
         return [f"error: {exc.key or 'config'}: {exc.message}"]
     findings: list[str] = []
     try:
-        state = build_state(config, now=now)
+        state = build_state(config)
     except (ConfigError, TLSConfigError) as exc:
         return [f"error: {exc.key}: {exc.message}"]
     except (OSError, ValueError) as exc:

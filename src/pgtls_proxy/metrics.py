@@ -139,6 +139,12 @@ class Metrics:
             "CRL files that failed to load or verify (the previous CRL stays in force).",
             registry=r,
         )
+        self.file_reloads = Counter(
+            "pgtls_tls_file_reloads_total",
+            "Rebuilds of the TLS state after certificate, key or CRL files changed on disk.",
+            ["result"],
+            registry=r,
+        )
         self.crl_problems = Counter(
             "pgtls_crl_problems_total",
             "Handshakes let through in lenient mode despite a missing or stale CRL.",
@@ -166,6 +172,7 @@ class Metrics:
         self.bytes_b2c = self.bytes.labels("backend_to_client")
         self.cancel_by_result = {k: self.cancel_requests.labels(k) for k in CANCEL_RESULTS}
         self.reload_by_result = {k: self.config_reloads.labels(k) for k in RELOAD_RESULTS}
+        self.file_reload_by_result = {k: self.file_reloads.labels(k) for k in RELOAD_RESULTS}
 
     def declare_backends(self, names: list[str]) -> None:
         """Create the per-backend children so each backend shows zeros."""

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography import x509
-
 from pgtls_proxy.cancel import CancelRegistry
 from pgtls_proxy.config import BackendSettings, Config
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.netio import ByteStream
 from pgtls_proxy.pki import contexts
-from pgtls_proxy.pki.revocation import RevocationChecker, load_revocation
+from pgtls_proxy.pki.peer import CertificateCapture
+from pgtls_proxy.pki.revocation import CRLLoader, RevocationChecker, load_revocation
 from pgtls_proxy.wire.login import Authenticator
 
 
@@ -34,13 +33,29 @@ class TLSState:
     backend_contexts: dict[str, ssl.SSLContext | None]
     revocation: RevocationChecker
     server_cert_not_after: datetime
+    # Where a connection moves once its handshake is done, and what saw the
+    # client's certificate during it (see pki.peer).
+    established_context: ssl.SSLContext | None = None
+    capture: CertificateCapture | None = None
 
 
-def build_state(config: Config, now: datetime | None = None) -> TLSState:
-    """Load every file the config names; raise ConfigError/TLSConfigError."""
-    revocation = load_revocation(config.tls, now=now)
+def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
+    """Load every file the config names; raise ConfigError/TLSConfigError.
+
+    ``crls`` is the process's long-lived loader, so a CRL file that turned
+    bad keeps its previous content; without it every file loads afresh.
+    A CRL that fails to load is not an exception: it is listed in
+    ``revocation.problems`` (strict mode then fails closed for its issuer).
+    """
+    tls = config.tls
+    server_certs = contexts.load_server_certificates(tls)
+    revocation = load_revocation(tls, contexts.load_client_cas(tls), crls)
+    capture = CertificateCapture()
     server_ctx = contexts.server_context(
-        config.tls, revocation.pem_for_openssl(), crl_check=revocation.openssl_crl_check
+        tls,
+        revocation.pem_for_openssl(),
+        crl_check=revocation.openssl_crl_check,
+        capture=capture,
     )
     backend_ctxs: dict[str, ssl.SSLContext | None] = {}
     for name, backend in config.backends.items():
@@ -49,13 +64,14 @@ def build_state(config: Config, now: datetime | None = None) -> TLSState:
             if backend.tls.mode == "disable"
             else contexts.backend_context(backend.tls, f"backends.{name}.tls")
         )
-    cert = x509.load_pem_x509_certificates(config.tls.cert_file.read_bytes())[0]
     return TLSState(
         config=config,
         server_context=server_ctx,
         backend_contexts=backend_ctxs,
         revocation=revocation,
-        server_cert_not_after=cert.not_valid_after_utc,
+        server_cert_not_after=server_certs[0].not_valid_after_utc,
+        established_context=contexts.established_context(tls),
+        capture=capture,
     )
 
 

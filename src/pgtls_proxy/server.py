@@ -33,8 +33,9 @@ from pgtls_proxy.config import (
 from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.pki.contexts import TLSConfigError
-from pgtls_proxy.runtime import Runtime, build_state
+from pgtls_proxy.runtime import Runtime
 from pgtls_proxy.session import Session
+from pgtls_proxy.watch import TLSFiles, watch_files
 
 if TYPE_CHECKING:
     from pgtls_proxy.supervisor import WorkerRole
@@ -117,8 +118,10 @@ class Proxy:
         self.role = role
         self.metrics = metrics or Metrics()
         config = self._adapt(config)
+        # One builder for the first state, SIGHUP and changed files alike.
+        self.files = TLSFiles(self.metrics, count_errors=self.counts_reloads)
         self.rt = Runtime(
-            state=build_state(config),
+            state=self.files.build(config),
             metrics=self.metrics,
             cancels=CancelRegistry(role.worker_id, role.worker_bits) if role else CancelRegistry(),
         )
@@ -175,7 +178,7 @@ class Proxy:
         try:
             if source is None:
                 raise ConfigError("", "no config file to reload from")
-            new = build_state(self._adapt(load_config(source)))
+            new = self.files.build(self._adapt(load_config(source)))
         except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
             if self.counts_reloads:
                 self.metrics.reload_by_result["failed"].inc()
@@ -195,6 +198,26 @@ class Proxy:
         _log.info("P: configuration reloaded from %s", source)
         for callback in self.on_reload:
             callback()
+        return True
+
+    def reload_files(self) -> bool:
+        """Rebuild from the running config after its files changed on disk.
+
+        Unlike SIGHUP this does not re-read the config file. A certificate or
+        key that does not load keeps the running state; a CRL that does not
+        load keeps its previous content (both logged and counted).
+        """
+        try:
+            new = self.files.build(self.rt.config)
+        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+            if self.counts_reloads:
+                self.metrics.file_reload_by_result["failed"].inc()
+            _log.error("P: changed TLS files not loaded, keeping the running ones: %s", exc)
+            return False
+        self.rt.install(new)
+        if self.counts_reloads:
+            self.metrics.file_reload_by_result["ok"].inc()
+        _log.info("P: TLS files changed on disk; new handshakes use them")
         return True
 
     # ------------------------------------------------------------ serving
@@ -226,6 +249,9 @@ class Proxy:
                         if threading_is_main():
                             outer.start_soon(self._signals)
                         outer.start_soon(self._watchdog)
+                        outer.start_soon(
+                            watch_files, self.files, lambda: self.rt.config, self.reload_files
+                        )
                         self.rt.ready = True
                         sd_notify("READY=1")
                         task_status.started(Bound(ports, metrics_port))

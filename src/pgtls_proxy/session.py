@@ -27,6 +27,7 @@ from pgtls_proxy.cancel_delivery import deliver_cancel
 from pgtls_proxy.config import BackendSettings
 from pgtls_proxy.logsetup import LOGGER_NAME, SessionLog
 from pgtls_proxy.netio import ByteStream, PlainStream, StreamClosed, TLSStream
+from pgtls_proxy.pki import peer
 from pgtls_proxy.pki import rules as rules_mod
 from pgtls_proxy.pki.contexts import ALPN_POSTGRESQL, classify_handshake_error
 from pgtls_proxy.pki.identity import CertIdentity
@@ -281,52 +282,37 @@ class Session:
         self.audit.negotiation = negotiation
         tls = TLSStream.wrap(self.raw.sock, self.state.server_context, server_side=True)
         self.client = tls
+        ssl_obj = tls.ssl_object
         started = time.perf_counter()
         try:
             with trio.fail_after(self.cfg.tls.handshake_timeout):
                 await tls.handshake()
         except trio.TooSlowError:
-            self._handshake_result("timeout")
-            self.log.info("C: TLS handshake timed out")
+            self._refused("timeout", "not finished in time", self._presented(ssl_obj))
             raise self._fail("client_error", "timeout") from None
         except (ssl.SSLError, OSError) as exc:
             result = classify_handshake_error(exc)
-            self._handshake_result(result)
             detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
-            self.log.info("C: TLS handshake failed: %s (%s)", result, detail)
+            self._refused(result, str(detail), self._presented(ssl_obj))
             raise self._fail("client_error", result) from None
-        ssl_obj = tls.ssl_object
-        if negotiation == "direct" and ssl_obj.selected_alpn_protocol() != ALPN_POSTGRESQL:
-            self._handshake_result("no_alpn")
-            self.log.info("C: direct TLS without ALPN %r refused", ALPN_POSTGRESQL)
-            raise self._fail("client_error", "no_alpn")
+        self._presented(ssl_obj)  # forget it: the handshake verified it
+        chain = peer.verified_chain(ssl_obj)
+        peer.release(ssl_obj, self.state.established_context)
         der = ssl_obj.getpeercert(binary_form=True)
+        if negotiation == "direct" and ssl_obj.selected_alpn_protocol() != ALPN_POSTGRESQL:
+            self._refused("no_alpn", f"direct TLS without ALPN {ALPN_POSTGRESQL!r}", der)
+            raise self._fail("client_error", "no_alpn")
         if der is None:  # CERT_REQUIRED makes this unreachable; fail closed anyway
-            self._handshake_result("no_certificate")
+            self._refused("no_certificate", "no certificate", None)
             raise self._fail("client_error", "no_certificate")
         try:
             identity = CertIdentity.from_der(der)
-        except ValueError:
-            self._handshake_result("bad_certificate")
+        except ValueError as exc:
+            self._refused("bad_certificate", str(exc), None)
             raise self._fail("client_error", "bad_certificate") from None
         self.identity = identity
-        self.audit.subject = identity.subject
-        self.audit.cert_serial = identity.serial_hex
-        self.audit.cert_fingerprint_sha256 = identity.fingerprint_sha256
         self.audit.tls_version = ssl_obj.version()
-        verdict, problems = self.state.revocation.check_chain([x509.load_der_x509_certificate(der)])
-        for problem in problems:
-            self.metrics.crl_problems.inc()
-            self.log.warning("P: revocation (lenient): %s", problem)
-        if verdict is not None:
-            self._handshake_result(verdict)
-            self.log.info(
-                "C: certificate refused: %s subject=%s serial=%s",
-                verdict,
-                identity.subject,
-                identity.serial_hex,
-            )
-            raise self._fail("client_error", verdict)
+        await self._check_revocation(der, chain)
         self._handshake_result("ok")
         self.metrics.handshake_time[negotiation].observe(time.perf_counter() - started)
         self.metrics.client_cert_expiry.observe(
@@ -338,6 +324,71 @@ class Session:
             identity.subject,
             identity.serial_hex,
         )
+
+    def _presented(self, ssl_obj: ssl.SSLSocket) -> bytes | None:
+        """The certificate the client sent in this handshake, if it was seen."""
+        capture = self.state.capture
+        return capture.take(ssl_obj) if capture is not None else None
+
+    def _refused(self, result: str, reason: str, der: bytes | None) -> None:
+        """Count a refused handshake and log it on one line: who, which certificate, why.
+
+        OpenSSL does not hand out a certificate it refused; ``der`` is what
+        :mod:`pgtls_proxy.pki.peer` saw in the handshake, when it saw one.
+        """
+        self._handshake_result(result)
+        if der is None:
+            sent = "no client certificate seen"
+        else:
+            try:
+                seen = CertIdentity.from_der(der)
+            except ValueError:
+                sent = "an unparsable client certificate"
+            else:
+                self.audit.subject = seen.subject
+                self.audit.cert_serial = seen.serial_hex
+                self.audit.cert_fingerprint_sha256 = seen.fingerprint_sha256
+                sent = f"subject={seen.subject!r} serial={seen.serial_hex}"
+        self.log.info(
+            "C: TLS handshake refused: %s (%s) client=%s %s",
+            result,
+            reason,
+            self.audit.client_addr,
+            sent,
+        )
+
+    async def _check_revocation(self, der: bytes, chain_der: list[bytes] | None) -> None:
+        """Lenient revocation, after the handshake (strict ran inside OpenSSL).
+
+        A refusal here comes after the client finished its handshake, so no
+        TLS alert can carry it; a FATAL ErrorResponse tells libpq instead.
+        """
+        checker = self.state.revocation
+        assert self.identity is not None
+        identity = self.identity
+        self.audit.subject = identity.subject
+        self.audit.cert_serial = identity.serial_hex
+        self.audit.cert_fingerprint_sha256 = identity.fingerprint_sha256
+        if checker.mode != "lenient":
+            return
+        if chain_der:
+            chain = [x509.load_der_x509_certificate(item) for item in chain_der]
+        else:
+            chain = checker.chain_for(x509.load_der_x509_certificate(der))
+        verdict = checker.check_chain(chain)
+        if verdict.problems:
+            self.metrics.crl_problems.inc()
+            for problem in verdict.problems:
+                if checker.first_report(problem):
+                    self.log.warning("P: lenient revocation lets clients in despite: %s", problem)
+        if verdict.label is None:
+            return
+        which = "certificate"
+        if verdict.revoked is not None and verdict.revoked != chain[0]:
+            which = f"issuing CA {verdict.revoked.subject.rfc4514_string()}"
+        self._refused(verdict.label, f"{which} listed in a CRL", der)
+        await self._fatal("28000", f"certificate revoked: the {which} is listed in a CRL")
+        raise self._fail("client_error", verdict.label)
 
     # ------------------------------------------------------------ phase 3: startup
 

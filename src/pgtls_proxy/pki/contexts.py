@@ -13,7 +13,10 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from cryptography import x509
+
 from pgtls_proxy.config import BackendTLSSettings, TLSSettings
+from pgtls_proxy.pki.peer import CertificateCapture
 
 ALPN_POSTGRESQL = "postgresql"
 
@@ -37,19 +40,47 @@ def read_passphrase(path: Path | None) -> bytes | None:
         data = path.read_bytes()
     except OSError as exc:
         raise TLSConfigError(
-            "tls.key_passphrase_file", f"cannot read {path}: {exc.strerror}"
+            "tls.key_passphrase_file", f"cannot read {path}: {exc.strerror or exc}"
         ) from None
     return data.splitlines()[0] if data else b""
 
 
-def server_context(
-    tls: TLSSettings, crl_pem: Iterable[str] = (), *, crl_check: bool = False
-) -> ssl.SSLContext:
-    """The context that terminates client connections.
+def _unreadable(tls: TLSSettings, exc: OSError) -> TLSConfigError:
+    which = "tls.cert_file" if Path(exc.filename or "") == tls.cert_file else "tls.key_file"
+    return TLSConfigError(which, f"cannot read {exc.filename}: {exc.strerror or exc}")
 
-    ``crl_pem`` are CRLs in PEM form; with ``crl_check`` OpenSSL demands a
-    current CRL for every certificate of the chain (the SPEC's ``strict``).
+
+def _key_error(tls: TLSSettings, passphrase: bytes | None) -> TLSConfigError:
+    """Explain why OpenSSL refused the key (its own message is "PEM lib" for all).
+
+    Only the file names go into the message, never the passphrase.
     """
+    try:
+        data = tls.key_file.read_bytes()
+    except OSError as exc:
+        return _unreadable(tls, exc)
+    if b"ENCRYPTED" in data:
+        if tls.key_passphrase_file is None:
+            return TLSConfigError(
+                "tls.key_passphrase_file",
+                f"{tls.key_file} is encrypted; set tls.key_passphrase_file to a file"
+                " holding its passphrase",
+            )
+        if not passphrase:
+            return TLSConfigError(
+                "tls.key_passphrase_file",
+                f"{tls.key_passphrase_file} is empty; it must hold the passphrase of"
+                f" {tls.key_file}",
+            )
+        return TLSConfigError(
+            "tls.key_passphrase_file",
+            f"the passphrase in {tls.key_passphrase_file} does not decrypt {tls.key_file}",
+        )
+    return TLSConfigError("tls.key_file", f"{tls.key_file} holds no usable PEM private key")
+
+
+def _base_server_context(tls: TLSSettings, passphrase: bytes | None) -> ssl.SSLContext:
+    """Protocol settings and the server's certificate and key, without client checks."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[tls.min_version]
     # No renegotiation (TLS 1.2 client-initiated renegotiation is a DoS and a
@@ -62,40 +93,76 @@ def server_context(
             ctx.set_ciphers(tls.ciphers)
         except ssl.SSLError:
             raise TLSConfigError("tls.ciphers", "no cipher matches this cipher string") from None
-    passphrase = read_passphrase(tls.key_passphrase_file)
     try:
         # Always pass a password callable: with None, OpenSSL would prompt on
         # the controlling terminal for an encrypted key and hang the daemon.
         ctx.load_cert_chain(
             tls.cert_file, tls.key_file, password=lambda: passphrase if passphrase else b""
         )
-    except FileNotFoundError as exc:
-        key = "tls.cert_file" if Path(exc.filename or "") == tls.cert_file else "tls.key_file"
-        raise TLSConfigError(key, f"cannot read {exc.filename}: {exc.strerror}") from None
-    except PermissionError as exc:
-        raise TLSConfigError(
-            "tls.key_file", f"cannot read {exc.filename}: permission denied"
-        ) from None
-    except ssl.SSLError as exc:
-        text = str(exc).lower()
-        if "bad decrypt" in text or "password" in text or exc.reason == "BAD_DECRYPT":
+    except ssl.SSLError as exc:  # before OSError, its base class
+        if exc.reason == "KEY_VALUES_MISMATCH":
             raise TLSConfigError(
-                "tls.key_passphrase_file",
-                f"the key {tls.key_file} is encrypted and the passphrase is missing or wrong",
+                "tls.key_file", f"{tls.key_file} does not match the certificate in {tls.cert_file}"
             ) from None
+        raise _key_error(tls, passphrase) from None
+    except OSError as exc:
+        raise _unreadable(tls, exc) from None
+    ctx.set_alpn_protocols([ALPN_POSTGRESQL])
+    return ctx
+
+
+def load_server_certificates(tls: TLSSettings) -> list[x509.Certificate]:
+    """``tls.cert_file``: the server certificate first, then its intermediates."""
+    try:
+        data = tls.cert_file.read_bytes()
+    except OSError as exc:
         raise TLSConfigError(
-            "tls.key_file",
-            f"{tls.key_file} does not hold a private key matching {tls.cert_file} ({exc.reason})",
+            "tls.cert_file", f"cannot read {tls.cert_file}: {exc.strerror or exc}"
         ) from None
     try:
-        ctx.load_verify_locations(cafile=str(tls.client_ca_file))
-    except FileNotFoundError:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TLSConfigError("tls.cert_file", f"{tls.cert_file} holds no PEM certificate") from None
+
+
+def load_client_cas(tls: TLSSettings) -> list[x509.Certificate]:
+    """``tls.client_ca_file``: the CAs trusted to issue client certificates."""
+    path = tls.client_ca_file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
         raise TLSConfigError(
-            "tls.client_ca_file", f"cannot read {tls.client_ca_file}: no such file"
+            "tls.client_ca_file", f"cannot read {path}: {exc.strerror or exc}"
         ) from None
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TLSConfigError("tls.client_ca_file", f"{path} holds no PEM certificate") from None
+
+
+def server_context(
+    tls: TLSSettings,
+    crl_pem: Iterable[str] = (),
+    *,
+    crl_check: bool = False,
+    capture: CertificateCapture | None = None,
+) -> ssl.SSLContext:
+    """The context that terminates client connections.
+
+    ``crl_pem`` are CRLs in PEM form; with ``crl_check`` OpenSSL demands a
+    current CRL for every certificate of the chain (the SPEC's ``strict``).
+    ``capture`` records the certificate of clients that OpenSSL refuses.
+    """
+    ctx = _base_server_context(tls, read_passphrase(tls.key_passphrase_file))
+    try:
+        ctx.load_verify_locations(cafile=str(tls.client_ca_file))
     except ssl.SSLError as exc:
         raise TLSConfigError(
             "tls.client_ca_file", f"{tls.client_ca_file} holds no usable CA ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise TLSConfigError(
+            "tls.client_ca_file", f"cannot read {tls.client_ca_file}: {exc.strerror or exc}"
         ) from None
     crl_bundle = "".join(crl_pem)
     if crl_bundle:
@@ -108,8 +175,18 @@ def server_context(
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols([ALPN_POSTGRESQL])
+    if capture is not None:
+        capture.install(ctx)
     return ctx
+
+
+def established_context(tls: TLSSettings) -> ssl.SSLContext:
+    """The twin a connection moves to once its handshake is done (see ``peer.release``).
+
+    Same certificate and protocol settings, no message callback, no CA store:
+    nothing is verified after the handshake.
+    """
+    return _base_server_context(tls, read_passphrase(tls.key_passphrase_file))
 
 
 def backend_context(tls: BackendTLSSettings, key_prefix: str) -> ssl.SSLContext:
