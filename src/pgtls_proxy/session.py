@@ -484,7 +484,7 @@ class Session:
             self.log.warning("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
             await self._fatal(exc.sqlstate, msg)
             raise self._fail("backend_error", msg) from None
-        out = [codec.authentication_ok(), *result.to_client]
+        out = [*result.before_auth, codec.authentication_ok(), *result.to_client]
         if result.backend_pid is not None and result.backend_key is not None:
             pid, key = self.rt.cancels.register(
                 CancelTarget(backend, result.backend_pid, result.backend_key)

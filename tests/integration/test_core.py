@@ -361,3 +361,36 @@ def test_max_connections_gives_53300(proxy_factory: ProxyFactory, pki: PKIFiles)
         assert "too many clients" in str(info.value)
     proxy.wait_sample("pgtls_sessions_total", {"outcome": "completed"}, 2)
     assert_serves(proxy, pki)
+
+
+def test_protocol_32_request_passes_through(proxy: RunningProxy, pki: PKIFiles) -> None:
+    """libpq 18 asks for protocol 3.2; the backend's NegotiateProtocolVersion reaches it."""
+    with connect(pki, proxy.port, "alice", max_protocol_version="3.2") as conn:
+        assert conn.execute("select current_user").fetchone() == ("alice",)
+        # PostgreSQL 18 speaks 3.2 itself; older servers answer with
+        # NegotiateProtocolVersion and the session continues on 3.0.
+        assert conn.pgconn.protocol_version == 3
+
+
+def test_startup_with_pq_option_is_answered_by_the_backend(
+    proxy: RunningProxy, pki: PKIFiles
+) -> None:
+    with raw_socket(proxy.port) as s:
+        s.sendall(SSL_REQUEST)
+        assert s.recv(1) == b"S"
+        tls = client_tls_context(pki).wrap_socket(s, server_hostname="localhost")
+        body = (196608 + 2).to_bytes(
+            4, "big"
+        ) + b"user\0alice\0database\0postgres\0_pq_.unknown_option\0x\0\0"
+        tls.sendall((len(body) + 4).to_bytes(4, "big") + body)
+        reply = b""
+        while b"Z\x00\x00\x00\x05" not in reply:
+            chunk = tls.recv(65536)
+            assert chunk, reply
+            reply += chunk
+        tls.close()
+    # The backend's NegotiateProtocolVersion first, as libpq expects, then
+    # AuthenticationOk from the proxy.
+    assert reply.startswith(b"v") and b"_pq_.unknown_option" in reply
+    length = int.from_bytes(reply[1:5], "big")
+    assert reply[1 + length :].startswith(b"R\x00\x00\x00\x08\x00\x00\x00\x00")

@@ -52,7 +52,7 @@ def test_trust_login_collects_parameters_key_and_ready() -> None:
 def test_negotiate_protocol_version_is_passed_through() -> None:
     npv = struct.pack("!II", 196608, 1) + b"_pq_.x\x00"
     _, result = drive([msg(b"v", npv), auth(0), msg(b"Z", b"I")])
-    assert result.to_client[0] == codec.encode_message(b"v", npv)
+    assert result.before_auth == [codec.encode_message(b"v", npv)]
 
 
 def test_protocol_32_long_key() -> None:

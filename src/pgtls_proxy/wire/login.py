@@ -51,6 +51,9 @@ class BackendLoginError(Exception):
 class LoginResult:
     """What the client must see, in order, plus the backend's cancel key."""
 
+    # NegotiateProtocolVersion comes before the authentication exchange and
+    # libpq insists on seeing it there, ahead of AuthenticationOk.
+    before_auth: list[bytes] = field(default_factory=list)
     to_client: list[bytes] = field(default_factory=list)
     backend_pid: int | None = None
     backend_key: bytes | None = None
@@ -103,7 +106,7 @@ def login(
         elif msg_type == b"v":
             # NegotiateProtocolVersion: the client asked for a newer minor
             # version or _pq_ options; it must see the answer untouched.
-            result.to_client.append(codec.encode_message(msg_type, payload))
+            result.before_auth.append(codec.encode_message(msg_type, payload))
         elif msg_type == b"K" and authenticated:
             result.backend_pid, result.backend_key = codec.parse_backend_key_data(payload)
         elif msg_type == b"Z" and authenticated:
