@@ -296,7 +296,8 @@ class Session:
             self._refused(result, str(detail), self._presented(ssl_obj))
             raise self._fail("client_error", result) from None
         self._presented(ssl_obj)  # forget it: the handshake verified it
-        chain = peer.verified_chain(ssl_obj)
+        lenient = self.state.revocation.mode == "lenient"
+        chain = peer.verified_chain(ssl_obj) if lenient else None
         peer.release(ssl_obj, self.state.established_context)
         der = ssl_obj.getpeercert(binary_form=True)
         if negotiation == "direct" and ssl_obj.selected_alpn_protocol() != ALPN_POSTGRESQL:
