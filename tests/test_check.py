@@ -105,7 +105,18 @@ def good(case: Case) -> list[str]:
 def key_readable_by_others(case: Case) -> list[str]:
     key = case.copy_key(case.pki.server_key, 0o644)
     return [
-        f"error: tls.key_file: {key} is accessible by group or others (mode 0644);"
+        f"error: tls.key_file: {key} is readable by group or others (mode 0644);"
+        " use 0600, or 0640 with owner root"
+    ]
+
+
+def key_group_readable(case: Case) -> list[str]:
+    """0640 is fine when root owns the key (a service group reads it), as in PostgreSQL."""
+    key = case.copy_key(case.pki.server_key, 0o640)
+    if key.stat().st_uid == 0:
+        return []
+    return [
+        f"error: tls.key_file: {key} is readable by group or others (mode 0640);"
         " use 0600, or 0640 with owner root"
     ]
 
@@ -119,7 +130,9 @@ def key_missing(case: Case) -> list[str]:
 
 def key_of_another_certificate(case: Case) -> list[str]:
     key = case.copy_key(case.pki.client("bob")[1])
-    return [f"error: tls.key_file: {key} does not match the certificate in {case.pki.server_cert}"]
+    return [
+        f"error: tls.key_file: {key} does not hold a private key matching {case.pki.server_cert}"
+    ]
 
 
 def wrong_passphrase(case: Case) -> list[str]:
@@ -139,7 +152,7 @@ def passphrase_readable_by_others(case: Case) -> list[str]:
     _, secret = case.encrypted_key("the real one")
     secret.chmod(0o604)
     return [
-        f"error: tls.key_passphrase_file: {secret} is accessible by group or others"
+        f"error: tls.key_passphrase_file: {secret} is readable by group or others"
         " (mode 0604); use 0600, or 0640 with owner root"
     ]
 
@@ -208,7 +221,7 @@ def server_cert_expiring(case: Case) -> list[str]:
 def listen_name_not_in_certificate(case: Case) -> list[str]:
     case.data["listen"] = [{"address": "127.0.0.1:0"}, {"address": "192.0.2.10:6432"}]
     return [
-        "warning: tls.cert_file: the certificate does not name 192.0.2.10 (a listen address);"
+        "warning: tls.cert_file: the certificate does not cover 192.0.2.10 (a listen address);"
         " clients with sslmode=verify-full connecting to it will refuse it"
     ]
 
@@ -284,8 +297,8 @@ def regex_that_does_not_compile(case: Case) -> list[str]:
 def shadowed_rule(case: Case) -> list[str]:
     case.data["rules"].append({"identity": "bob", "user": "bob", "databases": ["app"]})
     return [
-        "warning: rules[4]: can never match: rules[1] comes first and decides for every client"
-        " this rule matches"
+        "warning: rules[4]: shadowed by rules[1], which comes first and decides for every client"
+        " this rule would match"
     ]
 
 
@@ -313,6 +326,7 @@ def client_ca_missing(case: Case) -> list[str]:
 CASES = [
     good,
     key_readable_by_others,
+    key_group_readable,
     key_missing,
     key_of_another_certificate,
     wrong_passphrase,

@@ -83,10 +83,12 @@ def check_secret_file(path: Path, key: str, found: Findings) -> bool:
         return False
     mode = stat.S_IMODE(st.st_mode)
     allowed = 0o640 if st.st_uid == 0 else 0o600
-    if mode & ~allowed & 0o077:
+    excess = mode & ~allowed & 0o077
+    if excess:
+        access = "readable" if excess & 0o044 else "writable"
         found.error(
             key,
-            f"{path} is accessible by group or others (mode {mode:04o});"
+            f"{path} is {access} by group or others (mode {mode:04o});"
             " use 0600, or 0640 with owner root",
         )
     if not os.access(path, os.R_OK):
@@ -231,7 +233,7 @@ def _check_names(cert: x509.Certificate, hosts: Sequence[HostPort], found: Findi
         if not covered:
             found.warning(
                 "tls.cert_file",
-                f"the certificate does not name {address.host} (a listen address);"
+                f"the certificate does not cover {address.host} (a listen address);"
                 " clients with sslmode=verify-full connecting to it will refuse it",
             )
 
@@ -297,8 +299,8 @@ def _check_rules(config: Config, found: Findings) -> None:
     for later, earlier in shadowed_rules(config.rules, config.identity.on_user_mismatch):
         found.warning(
             f"rules[{later}]",
-            f"can never match: rules[{earlier}] comes first and decides for every client"
-            " this rule matches",
+            f"shadowed by rules[{earlier}], which comes first and decides for every client"
+            " this rule would match",
         )
 
 

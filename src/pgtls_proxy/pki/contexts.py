@@ -102,7 +102,8 @@ def _base_server_context(tls: TLSSettings, passphrase: bytes | None) -> ssl.SSLC
     except ssl.SSLError as exc:  # before OSError, its base class
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise TLSConfigError(
-                "tls.key_file", f"{tls.key_file} does not match the certificate in {tls.cert_file}"
+                "tls.key_file",
+                f"{tls.key_file} does not hold a private key matching {tls.cert_file}",
             ) from None
         raise _key_error(tls, passphrase) from None
     except OSError as exc:
