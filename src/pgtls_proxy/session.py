@@ -312,8 +312,12 @@ class Session:
             self._refused("bad_certificate", str(exc), None)
             raise self._fail("client_error", "bad_certificate") from None
         self.identity = identity
+        self.audit.subject = identity.subject
+        self.audit.cert_serial = identity.serial_hex
+        self.audit.cert_fingerprint_sha256 = identity.fingerprint_sha256
         self.audit.tls_version = ssl_obj.version()
-        await self._check_revocation(der, chain)
+        if lenient:
+            await self._check_revocation(der, chain)
         self._handshake_result("ok")
         self.metrics.handshake_time[negotiation].observe(time.perf_counter() - started)
         self.metrics.client_cert_expiry.observe(
@@ -365,13 +369,6 @@ class Session:
         TLS alert can carry it; a FATAL ErrorResponse tells libpq instead.
         """
         checker = self.state.revocation
-        assert self.identity is not None
-        identity = self.identity
-        self.audit.subject = identity.subject
-        self.audit.cert_serial = identity.serial_hex
-        self.audit.cert_fingerprint_sha256 = identity.fingerprint_sha256
-        if checker.mode != "lenient":
-            return
         if chain_der:
             chain = [x509.load_der_x509_certificate(item) for item in chain_der]
         else:
