@@ -7,6 +7,7 @@ keeps a consistent view (rules, contexts, CRLs) for its whole life.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import time
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from pathlib import Path
 from pgtls_proxy.cancel import CancelRegistry
 from pgtls_proxy.config import BackendSettings, Config
 from pgtls_proxy.metrics import Metrics
-from pgtls_proxy.netio import ByteStream
+from pgtls_proxy.netio import ByteStream, TLSStream
+from pgtls_proxy.passwords import PasswordsFile
 from pgtls_proxy.pki import contexts
 from pgtls_proxy.pki.peer import CertificateCapture
 from pgtls_proxy.pki.revocation import CRLLoader, RevocationChecker, load_revocation
+from pgtls_proxy.wire.auth import PasswordAnswerer
 from pgtls_proxy.wire.login import Authenticator
 
 
@@ -89,6 +92,7 @@ class Runtime:
     # With several workers: the hand-off socket of the worker that owns a
     # substitute pid, or None when this process owns it.
     cancel_peer: Callable[[int], Path | None] | None = None
+    passwords: dict[Path, PasswordsFile] = field(default_factory=dict)
 
     def install(self, state: TLSState) -> None:
         """Swap in a new state; established sessions keep their snapshot."""
@@ -105,7 +109,36 @@ class Runtime:
         self, backend: BackendSettings, user: str, stream: ByteStream
     ) -> Authenticator | None:
         """The answerer for the backend's password challenge, if we hold a secret."""
-        return None
+        path = backend.auth.passwords_file
+        if path is None:
+            return None
+        store = self.passwords.get(path)
+        if store is None:
+            store = self.passwords[path] = PasswordsFile(path)
+        secret = store.lookup(user)
+        if secret is None:
+            return None
+        tls = stream.ssl_object if isinstance(stream, TLSStream) else None
+        return PasswordAnswerer(
+            user,
+            secret,
+            describe=f'backend "{backend.name}"',
+            channel_binding=("tls-server-end-point", tls) if tls is not None else None,
+            cleartext_ok=(
+                tls is not None
+                or _is_loopback(backend.address.host)
+                or backend.auth.allow_cleartext_over_plaintext
+            ),
+        )
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
