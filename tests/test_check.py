@@ -244,6 +244,15 @@ def crl_stale_lenient(case: Case) -> list[str]:
     return ["warning" + line.removeprefix("error") for line in crl_stale(case)]
 
 
+def crl_lists_its_own_ca(case: Case) -> list[str]:
+    ca_cert, _ = case.ca()
+    path = case.crl(revoked=[(ca_cert.serial_number, NOW)])
+    return [
+        f"warning: tls.crl_files[0]: {path}: the CRL of CN=pgtls-proxy CA lists that CA itself;"
+        " strict revocation refuses every certificate under it"
+    ]
+
+
 def crl_file_missing(case: Case) -> list[str]:
     path = case.tmp / "gone.pem"
     case.tls["crl_files"] = [str(path)]
@@ -340,6 +349,7 @@ CASES = [
     listen_name_not_in_certificate,
     crl_stale,
     crl_stale_lenient,
+    crl_lists_its_own_ca,
     crl_file_missing,
     crl_signed_by_another_key,
     no_crl_in_strict_mode,

@@ -26,9 +26,9 @@ from cryptography import x509
 
 from pgtls_proxy.config import Config, ConfigError, HostPort, TLSSettings, load_config
 from pgtls_proxy.pki import contexts
-from pgtls_proxy.pki.chain import build_chain, find_issuer, is_self_signed
+from pgtls_proxy.pki.chain import build_chain, find_issuer, is_self_signed, public_key_der
 from pgtls_proxy.pki.contexts import TLSConfigError
-from pgtls_proxy.pki.revocation import load_revocation
+from pgtls_proxy.pki.revocation import LoadedCRL, load_revocation
 from pgtls_proxy.pki.shadow import shadowed_rules
 
 EXPIRY_WARNING_DAYS = 30
@@ -245,6 +245,12 @@ def _crl_key(tls: TLSSettings) -> str:
     return "tls.crl_dir" if tls.crl_dir is not None and not tls.crl_files else "tls.crl_files"
 
 
+def _signers(item: LoadedCRL, cas: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    return [
+        ca for ca in cas if item.signer_key is not None and public_key_der(ca) == item.signer_key
+    ]
+
+
 def _check_crls(
     tls: TLSSettings, cas: Sequence[x509.Certificate], now: datetime, found: Findings
 ) -> None:
@@ -262,6 +268,14 @@ def _check_crls(
                 item.source.key,
                 f"{item.source.path}: cannot verify the CRL of {item.issuer}: that CA is not"
                 " in tls.client_ca_file",
+            )
+        if any(ca.serial_number in item.revoked_serials for ca in _signers(item, cas)):
+            # Measured with OpenSSL 3: strict also looks the trust anchor up in
+            # its own CRL, so this refuses everything under it (as PostgreSQL).
+            found.warning(
+                item.source.key,
+                f"{item.source.path}: the CRL of {item.issuer} lists that CA itself; strict"
+                " revocation refuses every certificate under it",
             )
         if item.last_update > now:
             report(

@@ -177,6 +177,31 @@ def test_strict_fails_closed_without_a_current_verified_crl(
         assert connects(chain_pki, proxy.port, still_good)
 
 
+@pytest.mark.parametrize(("mode", "refused_as"), [("strict", "revoked"), ("lenient", None)])
+def test_a_root_that_lists_itself(
+    start: Callable[..., RunningProxy],
+    chain_pki: ChainPKI,
+    crls: Path,
+    mode: str,
+    refused_as: str | None,
+) -> None:
+    """Measured: OpenSSL's chain check also looks the root up in its own CRL, as
+    PostgreSQL does; lenient checks below the anchor only. ``check`` warns."""
+    crl = chain_pki.crl(chain_pki.root)
+    listed = authority.build_crl(
+        issuer_cert=chain_pki.root.cert,
+        issuer_key=chain_pki.root.key,
+        revoked=[(chain_pki.root.cert.serial_number, crl.last_update_utc)],
+    )
+    authority.write_pem(crls / "root.pem", listed)
+    proxy = start(mode)
+    if refused_as is None:
+        assert connects(chain_pki, proxy.port, "alice-root")
+    else:
+        assert "certificate revoked" in refusal(chain_pki, proxy.port, "alice-root")
+        assert handshakes(proxy, refused_as) == 1
+
+
 def test_refused_handshakes_are_logged_with_the_certificate(
     start: Callable[..., RunningProxy], chain_pki: ChainPKI, log: io.StringIO
 ) -> None:
