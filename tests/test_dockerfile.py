@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-DOCKERFILE = Path(__file__).resolve().parents[1] / "Dockerfile"
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
 
 
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, with backslash continuations joined."""
+def instructions(text: str | None = None) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with backslash continuations joined.
+
+    As Docker does, comment lines are dropped even inside a continuation.
+    """
     out: list[tuple[str, str]] = []
     pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
+    for raw in (DOCKERFILE.read_text() if text is None else text).splitlines():
         line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
+        if line.startswith("#") or (not line and not pending):
             continue
         if line.endswith("\\"):
-            pending += line[:-1] + " "
+            pending += line[:-1].strip() + " "
             continue
         line = pending + line
         pending = ""
@@ -35,6 +41,15 @@ def stages() -> list[list[tuple[str, str]]]:
     return result
 
 
+def args(stage: list[tuple[str, str]], word: str) -> list[str]:
+    return [rest for name, rest in stage if name == word]
+
+
+def test_parser_joins_continuations_and_skips_comments() -> None:
+    text = "FROM a AS b\nRUN one \\\n    # a comment\n    two\n\nUSER x\n"
+    assert instructions(text) == [("FROM", "a AS b"), ("RUN", "one two"), ("USER", "x")]
+
+
 def test_multi_stage_slim() -> None:
     all_stages = stages()
     assert len(all_stages) >= 2
@@ -44,18 +59,33 @@ def test_multi_stage_slim() -> None:
 
 def test_final_stage_runs_unprivileged_from_the_wheel() -> None:
     final = stages()[-1]
-    users = [args for word, args in final if word == "USER"]
-    assert users and users[-1] not in ("root", "0")
-    runs = " ".join(args for word, args in final if word == "RUN")
+    users = args(final, "USER")
+    assert users
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    assert user.isdigit(), "a numeric USER lets Kubernetes' runAsNonRoot verify it"
+    runs = " ".join(args(final, "RUN"))
     assert ".whl" in runs
-    assert not any(word == "COPY" and args.split()[0] == "src" for word, args in final)
+    assert "from=build" in runs or any("--from=build" in a for a in args(final, "COPY"))
+    assert not any(a.split()[0] in ("src", "src/", ".") for a in args(final, "COPY"))
 
 
 def test_operational_promises() -> None:
-    final = dict((word, args) for word, args in stages()[-1])
-    assert "/healthz" in final["HEALTHCHECK"]
-    assert final["STOPSIGNAL"] == "SIGTERM"
-    exposed = set(final["EXPOSE"].split())
+    final = stages()[-1]
+    (healthcheck,) = args(final, "HEALTHCHECK")
+    assert "/healthz" in healthcheck
+    assert "curl" not in healthcheck and "wget" not in healthcheck  # not in slim images
+    assert args(final, "STOPSIGNAL") == ["SIGTERM"]
+    exposed = {port for line in args(final, "EXPOSE") for port in line.split()}
     assert {"6432", "9187"} <= exposed
-    assert "/etc/pgtls-proxy" in final["VOLUME"]
-    assert "PGTLS_PROXY_CONFIG" in final["ENV"]
+    assert any("/etc/pgtls-proxy" in line for line in args(final, "VOLUME"))
+    assert any("PGTLS_PROXY_CONFIG=" in line for line in args(final, "ENV"))
+    assert json.loads(args(final, "ENTRYPOINT")[-1]) == ["pgtls-proxy"]
+    assert json.loads(args(final, "CMD")[-1]) == ["run"]
+
+
+def test_build_context_has_no_secrets() -> None:
+    lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    assert "*" in lines or {".git", ".venv"} <= set(lines)
+    for pattern in ("**/*.key", "**/*.pem"):
+        assert pattern in lines
