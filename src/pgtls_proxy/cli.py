@@ -17,13 +17,11 @@ from pgtls_proxy.pki.contexts import TLSConfigError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pgtls_proxy.server import Proxy
-    from pgtls_proxy.supervisor import die_with_parent, run_supervisor, worker_role
+    from pgtls_proxy.supervisor import run_supervisor, worker_role
 
     try:
         config = load_config(args.config)
         role = worker_role()
-        if role is not None:
-            die_with_parent()
         setup_logging(
             config.logging.level,
             config.logging.format,

@@ -249,6 +249,8 @@ class Proxy:
                         if threading_is_main():
                             outer.start_soon(self._signals)
                         outer.start_soon(self._watchdog)
+                        if self.role is not None:
+                            outer.start_soon(self._watch_supervisor)
                         outer.start_soon(
                             watch_files, self.files, lambda: self.rt.config, self.reload_files
                         )
@@ -313,6 +315,21 @@ class Proxy:
                 HostPort(listener.settings.address.host, listener.port),
                 " (PROXY protocol)" if listener.settings.proxy_protocol else "",
             )
+
+    async def _watch_supervisor(self) -> None:
+        """Drain and exit when the supervisor is gone (we were re-parented).
+
+        Polling the parent pid is portable and, unlike PR_SET_PDEATHSIG, not
+        tied to the lifetime of the thread that happened to fork us.
+        """
+        assert self.role is not None
+        expected = self.role.supervisor_pid
+        while True:
+            await trio.sleep(1)
+            if expected and os.getppid() != expected:
+                _log.warning("P: supervisor %d is gone; draining", expected)
+                self.request_stop()
+                return
 
     async def _watchdog(self) -> None:
         """Ping systemd's watchdog at half its interval while the loop is alive."""

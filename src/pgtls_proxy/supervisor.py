@@ -13,7 +13,6 @@ so it runs the very same ``pgtls-proxy run`` code path as a single process.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -45,8 +44,8 @@ ENV_WORKERS = "PGTLS_PROXY_WORKERS"
 ENV_RUNDIR = "PGTLS_PROXY_RUNDIR"
 ENV_PORTS = "PGTLS_PROXY_LISTEN_PORTS"
 ENV_RELOADED = "PGTLS_PROXY_RELOADED"
+ENV_PARENT = "PGTLS_PROXY_SUPERVISOR_PID"
 _RESTART_DELAY = 0.5
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +57,7 @@ class WorkerRole:
     rundir: Path
     ports: tuple[int, ...]
     reloaded: bool = False  # started by a reload that changed the listeners
+    supervisor_pid: int = 0
 
     @property
     def worker_bits(self) -> int:
@@ -65,19 +65,6 @@ class WorkerRole:
 
     def cancel_socket(self, worker_id: int) -> Path:
         return self.rundir / f"cancel-{worker_id}.sock"
-
-
-def die_with_parent() -> None:
-    """Have the kernel send SIGTERM to this worker if its supervisor dies.
-
-    Without it a killed supervisor would leave workers serving with nobody
-    to supervise them (Linux only; elsewhere a no-op).
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
 
 
 def worker_role() -> WorkerRole | None:
@@ -92,6 +79,7 @@ def worker_role() -> WorkerRole | None:
         rundir=Path(os.environ[ENV_RUNDIR]),
         ports=ports,
         reloaded=os.environ.get(ENV_RELOADED) == "1",
+        supervisor_pid=int(os.environ.get(ENV_PARENT, "0")),
     )
 
 
@@ -156,6 +144,7 @@ class Supervisor:
         env[ENV_RUNDIR] = str(self.rundir)
         env[ENV_PORTS] = ",".join(str(p) for p in self.ports)
         env[ENV_RELOADED] = "1" if worker.replaced else "0"
+        env[ENV_PARENT] = str(os.getpid())
         return env
 
     async def _run_worker(self, worker: _Worker) -> None:

@@ -159,3 +159,13 @@ def test_cancel_reaches_the_worker_that_runs_the_session(
     assert max(took) < 2.5, took
     d.wait_metric("pgtls_cancel_requests_total", 16, result="forwarded")
     assert d.metric("pgtls_cancel_requests_total", result="unknown_key") == 0
+
+
+def test_workers_stay_up(daemon_factory: Any, pki: PKIFiles) -> None:
+    """Idle workers are not restarted (trio's idle spawner threads exit after 10 s)."""
+    d = daemon_factory({"workers": 2})
+    d.wait_log("all 2 workers ready")
+    before = worker_pids(d.proc.pid)
+    time.sleep(12)
+    assert worker_pids(d.proc.pid) == before
+    assert not [line for line in d.log if "died" in line]
