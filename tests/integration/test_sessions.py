@@ -120,6 +120,7 @@ def psql_ctrl_c(pki: PKIFiles, port: int, sql: str) -> tuple[int, str, float]:
 
 def test_psql_ctrl_c_cancels(proxy: RunningProxy, pki: PKIFiles) -> None:
     code, output, took = psql_ctrl_c(pki, proxy.port, "select pg_sleep(30)")
+    assert code == 1, "psql reports the cancelled query as an error"
     assert "canceling statement due to user request" in output
     assert took < 2.5
     assert proxy.sample("pgtls_cancel_requests_total", {"result": "forwarded"}) == 1
