@@ -16,7 +16,6 @@ import psycopg
 import pytest
 
 from pgtls_proxy.logsetup import setup_logging
-from pgtls_proxy.pki import authority
 from tests.fixtures.clients import (
     SSL_REQUEST,
     client_tls_context,
@@ -27,7 +26,7 @@ from tests.fixtures.clients import (
     recv_all,
     startup_packet,
 )
-from tests.fixtures.pki import PKIFiles
+from tests.fixtures.pki import PKIFiles, issue_custom
 from tests.fixtures.proxy import ProxyFactory
 
 SECRET = "Backend-Secret-0x5e"
@@ -75,24 +74,6 @@ def tls_cluster(pki: PKIFiles, tmp_path_factory: pytest.TempPathFactory) -> Iter
         cluster.cleanup()
 
 
-def proxy_client_cert(pki: PKIFiles, directory: Path, cn: str) -> tuple[Path, Path]:
-    """The proxy's own client certificate for the backend's ``cert`` line."""
-    ca = authority.load_certificates(pki.ca)[0]
-    ca_key = authority.load_private_key(pki.ca_key)
-    key = authority.generate_key()
-    cert = authority.build_certificate(
-        subject_cn=cn,
-        public_key=key.public_key(),
-        issuer_cert=ca,
-        issuer_key=ca_key,
-        is_ca=False,
-        usage="client",
-    )
-    authority.write_pem(directory / f"{cn}.crt", cert)
-    authority.write_private_key(directory / f"{cn}.key", key)
-    return directory / f"{cn}.crt", directory / f"{cn}.key"
-
-
 def backend_config(
     pki: PKIFiles, cluster: Any, tmp_path: Path, *, secret: str = SECRET, **tls: Any
 ) -> dict[str, Any]:
@@ -103,7 +84,8 @@ def backend_config(
             f'"{u}" "{secret}"\n' for u in ("scram_user", "md5_user", "pw_user", "plain_scram")
         )
     )
-    crt, key = proxy_client_cert(pki, tmp_path, "cert_user")
+    issue_custom(tmp_path, "cert_user", ca_dir=pki.dir)  # the proxy's own client cert
+    crt, key = tmp_path / "cert_user.crt", tmp_path / "cert_user.key"
     backend_tls = {
         "mode": "verify-full",
         "ca_file": str(pki.ca),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import signal
 import socket
@@ -16,7 +17,7 @@ from cryptography import x509
 
 from pgtls_proxy.pki import authority
 from tests.fixtures.clients import SSL_REQUEST, client_tls_context, connect, current_user
-from tests.fixtures.pki import PKIFiles
+from tests.fixtures.pki import PKIFiles, issue_custom
 from tests.fixtures.proxy import deep_merge
 
 
@@ -63,23 +64,16 @@ def test_sighup_under_load_changes_policy_cert_and_crl(
         # rotate the server certificate, revoke alice's expired twin, change a rule
         rotated = tmp_path / "rotated"
         rotated.mkdir()
+        cert = issue_custom(
+            rotated,
+            "server",
+            ca_dir=pki.dir,
+            cn="localhost",
+            usage="server",
+            sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        )
         ca = authority.load_certificates(pki.ca)[0]
         ca_key = authority.load_private_key(pki.ca_key)
-        key = authority.generate_key()
-        cert = authority.build_certificate(
-            subject_cn="localhost",
-            public_key=key.public_key(),
-            issuer_cert=ca,
-            issuer_key=ca_key,
-            is_ca=False,
-            usage="server",
-            sans=[
-                x509.DNSName("localhost"),
-                x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1")),
-            ],
-        )
-        authority.write_pem(rotated / "server.crt", cert)
-        authority.write_private_key(rotated / "server.key", key)
         revoked_serial = authority.load_certificates(pki.client("carol")[0])[0].serial_number
         crl = authority.build_crl(
             issuer_cert=ca, issuer_key=ca_key, revoked=[(revoked_serial, ca.not_valid_before_utc)]
