@@ -15,9 +15,19 @@ def test_parse_userlist() -> None:
     assert parse_userlist(text) == {"alice": "p@ss word", "bob": 'say "hi"', "md5u": "md5abc"}
 
 
-@pytest.mark.parametrize(
-    "line", ['alice "x"', '"alice" x', '"alice" "x" extra', '"alice" "unterminated']
-)
+def test_rest_of_line_is_ignored_as_pgbouncer_does() -> None:
+    # pg_auth-style exports carry a third column; PgBouncer skips it.
+    assert parse_userlist('"alice" "secret" ""\n"bob" "x" valid-until\n') == {
+        "alice": "secret",
+        "bob": "x",
+    }
+
+
+def test_quoted_user_names_and_empty_secret() -> None:
+    assert parse_userlist('"we""ird user" ""\r\n') == {'we"ird user': ""}
+
+
+@pytest.mark.parametrize("line", ['alice "x"', '"alice" x', '"alice"', '"alice" "unterminated'])
 def test_bad_lines_name_the_line_not_the_secret(line: str) -> None:
     with pytest.raises(PasswordsFileError) as info:
         parse_userlist('"ok" "fine"\n' + line + "\n")

@@ -1,10 +1,12 @@
 """The backend passwords file, in PgBouncer's ``userlist.txt`` format.
 
 One ``"user" "secret"`` pair per line; a double quote inside a value is
-written twice; lines starting with ``;`` or ``#`` are comments. A secret is a
-plaintext password (answers SCRAM-SHA-256, MD5 and cleartext) or an
-``md5…`` hash (answers MD5 only). The file is re-read when it changes, checked
-cheaply (one ``stat``) at each login.
+written twice; lines starting with ``;`` (PgBouncer's comment) or ``#`` are
+comments; as in PgBouncer, the rest of a line after the secret is ignored (old
+``pg_auth`` exports carry a third column). A secret is a plaintext password
+(answers SCRAM-SHA-256, MD5 and cleartext) or an ``md5…`` hash (answers MD5
+only). The file is re-read when it changes, checked cheaply (one ``stat``) at
+each login.
 """
 
 from __future__ import annotations
@@ -51,9 +53,7 @@ def parse_userlist(text: str) -> dict[str, str]:
         user, pos = _quoted(line, 0, lineno)
         while pos < len(line) and line[pos] in " \t":
             pos += 1
-        secret, pos = _quoted(line, pos, lineno)
-        if line[pos:].strip():
-            raise PasswordsFileError(f"line {lineno}: unexpected text after the secret")
+        secret, _pos = _quoted(line, pos, lineno)
         users[user] = secret
     return users
 
