@@ -76,7 +76,12 @@ async def _start_tls(
     try:
         await tls.handshake()
     except ssl.SSLCertVerificationError as exc:
-        raise BackendUnavailable(f"TLS to {backend.address} failed: {exc.verify_message}") from None
+        # OpenSSL's words alone ("self-signed certificate in certificate
+        # chain") do not say which setting to look at.
+        raise BackendUnavailable(
+            f"TLS to {backend.address} failed: server certificate not accepted "
+            f"(tls.mode {backend.tls.mode}): {exc.verify_message}"
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         raise BackendUnavailable(f"TLS to {backend.address} failed: {exc}") from None
     return tls

@@ -23,7 +23,7 @@ from pgtls_proxy.passwords import PasswordsFile
 from pgtls_proxy.pki import contexts
 from pgtls_proxy.pki.peer import CertificateCapture
 from pgtls_proxy.pki.revocation import CRLLoader, RevocationChecker, load_revocation
-from pgtls_proxy.wire.auth import PasswordAnswerer
+from pgtls_proxy.wire.auth import PasswordAnswerer, tls_server_end_point
 from pgtls_proxy.wire.login import Authenticator
 
 
@@ -118,21 +118,34 @@ class Runtime:
         secret = store.lookup(user)
         if secret is None:
             return None
-        tls = stream.ssl_object if isinstance(stream, TLSStream) else None
+        server_cert = (
+            stream.ssl_object.getpeercert(binary_form=True)
+            if isinstance(stream, TLSStream)
+            else None
+        )
         return PasswordAnswerer(
             user,
             secret,
             describe=f'backend "{backend.name}"',
-            channel_binding=("tls-server-end-point", tls) if tls is not None else None,
-            cleartext_ok=(
-                tls is not None
-                or _is_loopback(backend.address.host)
-                or backend.auth.allow_cleartext_over_plaintext
-            ),
+            channel_binding=tls_server_end_point(server_cert) if server_cert else None,
+            cleartext_ok=cleartext_allowed(backend, over_tls=isinstance(stream, TLSStream)),
         )
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+def cleartext_allowed(backend: BackendSettings, *, over_tls: bool) -> bool:
+    """May a cleartext password go to this backend?
+
+    Over TLS, or to a loopback address (nothing leaves the host), or when the
+    operator said so with ``auth.allow_cleartext_over_plaintext``.
+    """
+    return (
+        over_tls
+        or _is_loopback(backend.address.host)
+        or backend.auth.allow_cleartext_over_plaintext
+    )
 
 
 def _is_loopback(host: str) -> bool:

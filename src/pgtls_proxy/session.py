@@ -34,9 +34,10 @@ from pgtls_proxy.pki.identity import CertIdentity
 from pgtls_proxy.relay import relay
 from pgtls_proxy.runtime import Runtime, TLSState
 from pgtls_proxy.wire import codec, proxyproto
+from pgtls_proxy.wire.auth import PasswordAnswerer
 from pgtls_proxy.wire.errors import ProtocolError
 from pgtls_proxy.wire.frontend import NEED_DATA, StartupReader, check_no_trailing_data
-from pgtls_proxy.wire.login import BackendLoginError
+from pgtls_proxy.wire.login import Authenticator, BackendLoginError
 from pgtls_proxy.wire.messages import (
     CancelRequest,
     GSSENCRequest,
@@ -81,6 +82,13 @@ async def _read_packet(stream: PlainStream | TLSStream, reader: StartupReader) -
             return event
         data = await stream.recv_some(reader.bytes_needed())
         reader.receive_data(data)
+
+
+def _auth_method(authenticator: Authenticator | None) -> str:
+    """How the proxy got into the backend, for the log: an operator's first question."""
+    method = authenticator.method if isinstance(authenticator, PasswordAnswerer) else None
+    # No password asked: the backend trusts the proxy's address or certificate.
+    return method or "trust-or-cert"
 
 
 class Session:
@@ -497,11 +505,12 @@ class Session:
         self.active_backend = backend.name
         self.metrics.sessions_active.labels(backend.name).inc()
         self.log.info(
-            "P: session open: identity=%r user=%r database=%r backend=%s",
+            "P: session open: identity=%r user=%r database=%r backend=%s backend_auth=%s",
             self.audit.identity,
             user,
             startup.database,
             backend.name,
+            _auth_method(authenticator),
         )
 
     # ------------------------------------------------------------ phase 6: relay

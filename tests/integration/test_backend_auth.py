@@ -195,3 +195,63 @@ def test_require_against_server_without_tls_is_08006(
         connect(pki, proxy.port, "alice", user="scram_user")
     assert startup_error(proxy.port, pki, "scram_user")["C"] == "08006"
     assert "does not accept TLS" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("user", "mode", "method"),
+    [
+        ("scram_user", "verify-full", "SCRAM-SHA-256-PLUS"),  # bound to the server's cert
+        ("md5_user", "verify-full", "md5"),
+        ("pw_user", "verify-full", "password"),
+        ("cert_user", "verify-full", "trust-or-cert"),
+        ("plain_scram", "disable", "SCRAM-SHA-256"),  # nothing to bind to
+    ],
+)
+def test_the_log_names_how_the_proxy_got_in(
+    proxy_factory: ProxyFactory,
+    pki: PKIFiles,
+    tls_cluster: Any,
+    tmp_path: Path,
+    captured_log: io.StringIO,
+    user: str,
+    mode: str,
+    method: str,
+) -> None:
+    proxy = proxy_factory(backend_config(pki, tls_cluster, tmp_path, mode=mode))
+    assert current_user(pki, proxy.port, "alice", user=user) == user
+    assert f"backend_auth={method}" in captured_log.getvalue()
+    assert SECRET not in captured_log.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "server_name", "ca", "error"),
+    [
+        ("require", "db.example.com", None, None),  # encrypts, checks nothing
+        ("verify-ca", "db.example.com", "ca", None),  # the chain, not the name
+        ("verify-ca", None, "other", "server certificate not accepted"),
+        ("verify-full", "localhost", "other", "server certificate not accepted"),
+        ("verify-full", "db.example.com", "ca", "Hostname mismatch"),
+    ],
+)
+def test_backend_tls_modes(
+    proxy_factory: ProxyFactory,
+    pki: PKIFiles,
+    tls_cluster: Any,
+    tmp_path: Path,
+    mode: str,
+    server_name: str | None,
+    ca: str | None,
+    error: str | None,
+) -> None:
+    ca_file = {"ca": str(pki.ca), "other": str(pki.other_ca / "ca.crt"), None: None}[ca]
+    config = backend_config(
+        pki, tls_cluster, tmp_path, mode=mode, server_name=server_name, ca_file=ca_file
+    )
+    proxy = proxy_factory(config)
+    if error is None:
+        assert current_user(pki, proxy.port, "alice", user="scram_user") == "scram_user"
+        return
+    with pytest.raises(psycopg.OperationalError) as info:
+        connect(pki, proxy.port, "alice", user="scram_user")
+    assert 'backend "main"' in str(info.value) and error in str(info.value)
+    assert startup_error(proxy.port, pki, "scram_user")["C"] == "08006"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import pwd
 import shutil
@@ -15,15 +14,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from pgtls_proxy import pgcluster
 from pgtls_proxy.pgcluster import ClusterError, PgCluster, find_pg_bin_dir
 from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures.cluster import ClusterFactory
+from tests.fixtures.pki import self_signed
 
 integration = pytest.mark.integration
 
@@ -272,18 +270,7 @@ def test_given_base_dir_is_left_in_place(pg_bin_dir: Path) -> None:
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed("localhost", key, hashes.SHA256())
     cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(

@@ -11,8 +11,10 @@ PostgreSQL documentation: "Frontend/Backend Protocol" -> "Message Flow" ->
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from scramp import ScramClient, ScramException
 
 from pgtls_proxy.wire import codec
@@ -20,6 +22,29 @@ from pgtls_proxy.wire.login import BackendLoginError
 
 SCRAM = "SCRAM-SHA-256"
 SCRAM_PLUS = "SCRAM-SHA-256-PLUS"
+TLS_SERVER_END_POINT = "tls-server-end-point"
+
+
+def tls_server_end_point(der: bytes) -> bytes | None:
+    """Channel-binding data for ``tls-server-end-point`` (RFC 5929, section 4.1).
+
+    The hash of the server certificate's DER, with the hash function of the
+    certificate's signature, except that MD5 and SHA-1 are replaced by SHA-256.
+    None when the signature names no such hash (Ed25519, Ed448): RFC 5929
+    defines no binding then, so plain SCRAM-SHA-256 is used instead.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        algorithm = cert.signature_hash_algorithm
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    if algorithm is None:
+        return None
+    if isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(der)
+    return digest.finalize()
 
 
 def md5_response(user: str, secret: str, salt: bytes) -> bytes:
@@ -32,6 +57,7 @@ def md5_response(user: str, secret: str, salt: bytes) -> bytes:
 
 
 def is_md5_hash(secret: str) -> bool:
+    """A stored ``md5`` + md5(password + user) hash, as PostgreSQL keeps them."""
     return (
         len(secret) == 35
         and secret.startswith("md5")
@@ -39,12 +65,25 @@ def is_md5_hash(secret: str) -> bool:
     )
 
 
+def is_scram_verifier(secret: str) -> bool:
+    """A stored ``SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`` verifier.
+
+    PgBouncer can log in with one only by borrowing the client's own SCRAM
+    proof; our clients prove themselves with certificates, so a verifier
+    cannot answer any challenge and must not be mistaken for a password.
+    """
+    return secret.startswith("SCRAM-SHA-256$") and secret.count("$") == 2
+
+
 class PasswordAnswerer:
     """Answers cleartext, MD5 and SCRAM-SHA-256(-PLUS) for one login.
 
-    ``channel_binding`` is ``("tls-server-end-point", ssl_socket)`` when the
-    backend link is TLS; with it, SCRAM-SHA-256-PLUS is chosen when offered.
-    ``cleartext_ok`` is False on a plaintext, non-loopback link.
+    ``channel_binding`` is the :func:`tls_server_end_point` data of the
+    backend's certificate when the link is TLS; with it, SCRAM-SHA-256-PLUS is
+    chosen when offered, so a man in the middle that terminates our TLS with
+    another certificate cannot relay the exchange. ``cleartext_ok`` is False
+    on a plaintext, non-loopback link. ``method`` names what was answered,
+    for the log.
     """
 
     def __init__(
@@ -53,7 +92,7 @@ class PasswordAnswerer:
         secret: str,
         *,
         describe: str,
-        channel_binding: tuple[str, Any] | None = None,
+        channel_binding: bytes | None = None,
         cleartext_ok: bool = False,
     ) -> None:
         self.user = user
@@ -61,6 +100,7 @@ class PasswordAnswerer:
         self.describe = describe
         self.channel_binding = channel_binding
         self.cleartext_ok = cleartext_ok
+        self.method: str | None = None
         self._scram: ScramClient | None = None
 
     def _refuse(self, why: str) -> BackendLoginError:
@@ -69,6 +109,15 @@ class PasswordAnswerer:
         )
 
     def answer(self, code: int, data: bytes) -> bytes:
+        if is_scram_verifier(self._secret) and code in (
+            codec.AUTH_CLEARTEXT,
+            codec.AUTH_MD5,
+            codec.AUTH_SASL,
+        ):
+            raise self._refuse(
+                "the passwords file holds a SCRAM verifier, which cannot answer the "
+                "backend; store the plaintext password instead"
+            )
         if code == codec.AUTH_CLEARTEXT:
             if is_md5_hash(self._secret):
                 raise self._refuse(
@@ -79,10 +128,12 @@ class PasswordAnswerer:
                     "the backend asks for a cleartext password over an unencrypted, "
                     "non-loopback link (set auth.allow_cleartext_over_plaintext to allow it)"
                 )
+            self.method = "password"
             return codec.password_message(self._secret.encode("utf-8") + b"\0")
         if code == codec.AUTH_MD5:
             if len(data) != 4:
                 raise BackendLoginError("08P01", f"{self.describe} sent a malformed MD5 request")
+            self.method = "md5"
             return codec.password_message(md5_response(self.user, self._secret, data) + b"\0")
         if code == codec.AUTH_SASL:
             return self._sasl_start(data)
@@ -99,18 +150,23 @@ class PasswordAnswerer:
         if is_md5_hash(self._secret):
             raise self._refuse("the backend asks for SCRAM and only an md5 hash is stored")
         offered = [m.decode("ascii", "replace") for m in data.split(b"\0") if m]
+        cb: tuple[str, bytes] | None
         if self.channel_binding is not None and SCRAM_PLUS in offered:
-            mechanisms, cb = [SCRAM_PLUS], self.channel_binding
+            mechanism, cb = SCRAM_PLUS, (TLS_SERVER_END_POINT, self.channel_binding)
         elif SCRAM in offered:
-            mechanisms, cb = [SCRAM], None
+            # Over TLS scramp then sends the "y" flag: we could bind but the
+            # server did not offer it, which a downgrading middleman cannot hide.
+            mechanism = SCRAM
+            cb = (TLS_SERVER_END_POINT, self.channel_binding) if self.channel_binding else None
         else:
             raise self._refuse(f"no supported SASL mechanism among {', '.join(offered) or 'none'}")
         try:
-            self._scram = ScramClient(mechanisms, self.user, self._secret, channel_binding=cb)
+            self._scram = ScramClient([mechanism], self.user, self._secret, channel_binding=cb)
             first = self._scram.get_client_first()
         except ScramException as exc:
             raise self._refuse(f"SCRAM failed: {exc}") from None
-        return codec.sasl_initial_response(mechanisms[0], first.encode("utf-8"))
+        self.method = mechanism
+        return codec.sasl_initial_response(mechanism, first.encode("utf-8"))
 
     def _sasl_continue(self, data: bytes) -> bytes:
         if self._scram is None:
