@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.chain_pki",
     "tests.fixtures.proxy",
     "tests.fixtures.daemon",
+    "tests.fixtures.fake_backend",
 ]
