@@ -35,13 +35,14 @@ async def deliver_cancel(rt: Runtime, request: CancelRequest) -> tuple[str | Non
     if target is None:
         rt.metrics.cancel_by_result["unknown_key"].inc()
         return None, "unknown cancel key"
-    rt.metrics.cancel_by_result["forwarded"].inc()
     backend = target.backend
     try:
         stream = await open_backend(backend, rt.state.backend_contexts.get(backend.name))
     except BackendUnavailable as exc:
+        rt.metrics.cancel_by_result["failed"].inc()
         _log.warning("S: cancel not delivered to %s: %s", backend.name, exc)
         return backend.name, str(exc)
+    rt.metrics.cancel_by_result["forwarded"].inc()
     try:
         with trio.move_on_after(backend.connect_timeout):
             await stream.send_all(CancelRequest(target.pid, target.key).encode())

@@ -39,7 +39,9 @@ NEGOTIATIONS = ("sslrequest", "direct")
 SESSION_OUTCOMES = ("completed", "denied", "backend_error", "startup_error", "client_error")
 DENIAL_REASONS = ("no_rule", "reject_rule", "user_mismatch")
 DIRECTIONS = ("client_to_backend", "backend_to_client")
-CANCEL_RESULTS = ("forwarded", "unknown_key")
+# Beyond the SPEC's two: "refused" a plaintext one with limits.plaintext_cancel
+# off, "failed" the key was known but its backend could not be reached.
+CANCEL_RESULTS = ("forwarded", "unknown_key", "refused", "failed")
 RELOAD_RESULTS = ("ok", "failed")
 
 # Handshakes take milliseconds; the tail we care about is the timeout.

@@ -541,6 +541,7 @@ class Session:
         if not via_tls:
             self.handshake_counted = True  # no handshake took place
             if not self.cfg.limits.plaintext_cancel:
+                self.metrics.cancel_by_result["refused"].inc()
                 self.log.info("C: plaintext CancelRequest refused (limits.plaintext_cancel)")
                 self.audit.error = "plaintext cancel refused"
                 return

@@ -8,6 +8,8 @@ client brings only its certificate; the proxy answers the password challenge
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,3 +257,18 @@ def test_backend_tls_modes(
         connect(pki, proxy.port, "alice", user="scram_user")
     assert 'backend "main"' in str(info.value) and error in str(info.value)
     assert startup_error(proxy.port, pki, "scram_user")["C"] == "08006"
+
+
+def test_cancel_reaches_a_backend_over_its_tls(
+    proxy_factory: ProxyFactory, pki: PKIFiles, tls_cluster: Any, tmp_path: Path
+) -> None:
+    proxy = proxy_factory(backend_config(pki, tls_cluster, tmp_path))
+    with connect(pki, proxy.port, "alice", user="scram_user") as conn:
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(30)")
+        timer.join()
+        assert time.monotonic() - started < 2.5
+    assert proxy.sample("pgtls_cancel_requests_total", {"result": "forwarded"}) == 1

@@ -79,9 +79,11 @@ def send_cancel(port: int, pki: PKIFiles, packet: bytes, *, via_tls: bool) -> No
         if via_tls:
             s.sendall(SSL_REQUEST)
             assert s.recv(1) == b"S"
-            tls = client_tls_context(pki).wrap_socket(s, server_hostname="localhost")
+            tls = client_tls_context(pki).wrap_socket(
+                s, server_hostname="localhost", suppress_ragged_eofs=False
+            )
             tls.sendall(packet)
-            assert tls.recv(16) == b""
+            assert tls.recv(16) == b"", "close_notify, as libpq 18 expects"
         else:
             s.sendall(packet)
             assert s.recv(16) == b""
@@ -142,8 +144,40 @@ def test_a_forged_long_key_cancels_nothing(
             cancel_request(backend.pid, backend.key),  # the real key, never handed out
         ):
             send_cancel(proxy.port, pki, packet, via_tls=False)
-        proxy.wait_sample("pgtls_cancel_requests_total", {"result": "unknown_key"}, 4)
+        assert proxy.wait_sample("pgtls_cancel_requests_total", {"result": "unknown_key"}, 4) == 4
     assert backend.cancels == []
+
+
+def test_plaintext_cancels_refused_by_config_are_counted(
+    proxy_factory: ProxyFactory, fake_backend_factory: FakeBackendFactory, pki: PKIFiles
+) -> None:
+    backend = fake_backend_factory(key=os.urandom(32))
+    proxy = proxy_factory(
+        {
+            "backends": {"main": {"address": f"127.0.0.1:{backend.port}"}},
+            "limits": {"plaintext_cancel": False},
+        }
+    )
+    tls, pid, key = open_session(proxy.port, pki)
+    with tls:
+        send_cancel(proxy.port, pki, cancel_request(pid, key), via_tls=False)
+        assert proxy.wait_sample("pgtls_cancel_requests_total", {"result": "refused"}, 1) == 1
+        assert backend.cancels == []
+        send_cancel(proxy.port, pki, cancel_request(pid, key), via_tls=True)
+        wait_for(lambda: backend.cancels == [(backend.pid, backend.key)])
+
+
+def test_a_cancel_whose_backend_is_gone_is_counted_failed(
+    proxy_factory: ProxyFactory, fake_backend_factory: FakeBackendFactory, pki: PKIFiles
+) -> None:
+    backend = fake_backend_factory()
+    proxy = in_front_of(proxy_factory, backend)
+    tls, pid, key = open_session(proxy.port, pki)
+    with tls:
+        backend.close()  # the session lives on; new connections are refused
+        send_cancel(proxy.port, pki, cancel_request(pid, key), via_tls=True)
+        assert proxy.wait_sample("pgtls_cancel_requests_total", {"result": "failed"}, 1) == 1
+    assert proxy.sample("pgtls_cancel_requests_total", {"result": "forwarded"}) == 0
 
 
 def test_libpq_encrypted_cancel_with_a_32_byte_key(
@@ -216,7 +250,7 @@ def test_a_backend_fatal_reaches_the_client_then_tls_closes_cleanly(
             data += chunk
     fields = parse_error(data)
     assert (fields["S"], fields["C"]) == ("FATAL", "57P01")
-    proxy.wait_sample("pgtls_sessions_total", {"outcome": "completed"}, 1)
+    assert proxy.wait_sample("pgtls_sessions_total", {"outcome": "completed"}, 1) == 1
     assert proxy.sample("pgtls_sessions_active", {"backend": "main"}) == 0
 
 
@@ -275,7 +309,7 @@ def test_no_task_socket_or_key_outlives_its_session(
         tls.close()
         # a forged cancel
         send_cancel(proxy.port, pki, cancel_request(1, b"1234"), via_tls=False)
-    proxy.wait_sample("pgtls_sessions_total", {"outcome": "completed"}, 15)
+    assert proxy.wait_sample("pgtls_sessions_total", {"outcome": "completed"}, 15) == 15
     wait_for(lambda: proxy.proxy.rt.connections == 0)
     wait_for(lambda: trio_tasks(proxy) == tasks)
     wait_for(lambda: open_fds() <= fds)
