@@ -6,6 +6,7 @@ this module only moves its bytes.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 
 import trio
@@ -88,9 +89,7 @@ async def _start_tls(
 
 
 def _is_name(host: str) -> bool:
-    """SNI carries host names only, never IP literals."""
-    import ipaddress
-
+    """SNI carries host names only, never IP literals (RFC 6066, section 3)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

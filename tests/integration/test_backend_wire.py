@@ -12,6 +12,7 @@ import socket
 import ssl
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -232,6 +233,23 @@ def test_bad_answers_to_ssl_request_are_08006(
     assert fields["C"] == "08006" and fields["S"] == "FATAL"
     assert reason in fields["M"] and 'backend "main"' in fields["M"]
     assert backend.open_sessions == 0, "nothing after the answer was read as protocol"
+
+
+def test_a_backend_that_skips_the_scram_proof_is_refused(
+    proxy_factory: ProxyFactory,
+    fake_backend_factory: FakeBackendFactory,
+    pki: PKIFiles,
+    tmp_path: Path,
+) -> None:
+    backend = fake_backend_factory(skip_scram=True)
+    userlist = tmp_path / "userlist.txt"
+    userlist.write_text('"alice" "Alice-Secret-9"\n')
+    main = {"address": f"127.0.0.1:{backend.port}", "auth": {"passwords_file": str(userlist)}}
+    proxy = proxy_factory({"backends": {"main": main}})
+    with pytest.raises(psycopg.OperationalError) as info:
+        connect(pki, proxy.port, "alice")
+    assert "without completing SCRAM" in str(info.value)
+    assert "Alice-Secret-9" not in str(info.value)
 
 
 # ------------------------------------------------------------------ session end

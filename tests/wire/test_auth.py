@@ -64,6 +64,24 @@ def test_scram_exchange_against_a_real_scram_server() -> None:
     reply = client.answer(codec.AUTH_SASL_CONTINUE, server.get_server_first().encode())
     server.set_client_final(reply[5:].decode())
     assert client.answer(codec.AUTH_SASL_FINAL, server.get_server_final().encode()) == b""
+    client.done()
+
+
+def test_authentication_ok_before_the_server_signature_is_refused() -> None:
+    # A server that says OK without SASLFinal never proved it knows the password.
+    client = answerer()
+    client.answer(codec.AUTH_SASL, b"SCRAM-SHA-256\0\0")
+    with pytest.raises(BackendLoginError) as info:
+        client.done()
+    assert info.value.sqlstate == "08P01" and "without completing SCRAM" in info.value.message
+
+
+@pytest.mark.parametrize("code", [codec.AUTH_MD5, codec.AUTH_CLEARTEXT])
+def test_methods_without_a_server_proof_are_done_at_once(code: int) -> None:
+    client = answerer(cleartext_ok=True)
+    client.answer(code, SALT if code == codec.AUTH_MD5 else b"")
+    client.done()
+    answerer().done()  # trust: nothing asked, nothing to prove
 
 
 def test_forged_server_signature_is_refused() -> None:
@@ -154,6 +172,7 @@ def _scram_round(
     reply = client.answer(codec.AUTH_SASL_CONTINUE, server.get_server_first().encode())
     server.set_client_final(reply[5:].decode())
     assert client.answer(codec.AUTH_SASL_FINAL, server.get_server_final().encode()) == b""
+    client.done()
 
 
 OFFERED_OVER_TLS = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"

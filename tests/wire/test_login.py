@@ -86,9 +86,12 @@ def test_authenticator_answers_are_sent() -> None:
             self.seen.append(code)
             return codec.password_message(b"secret\x00")
 
+        def done(self) -> None:
+            self.seen.append(0)
+
     a = Answer()
     sent, result = drive([auth(3), auth(0), msg(b"Z", b"I")], a)
-    assert a.seen == [3]
+    assert a.seen == [3, 0], "answered, then told that the login succeeded"
     assert sent[1] == codec.password_message(b"secret\x00")
     assert result.ready_for_query
 

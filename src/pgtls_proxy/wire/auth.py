@@ -102,6 +102,7 @@ class PasswordAnswerer:
         self.cleartext_ok = cleartext_ok
         self.method: str | None = None
         self._scram: ScramClient | None = None
+        self._server_proven = False
 
     def _refuse(self, why: str) -> BackendLoginError:
         return BackendLoginError(
@@ -186,4 +187,14 @@ class PasswordAnswerer:
             self._scram.set_server_final(data.decode("utf-8"))
         except (ScramException, UnicodeDecodeError) as exc:
             raise self._refuse(f"the backend's SCRAM signature is wrong: {exc}") from None
+        self._server_proven = True
         return b""
+
+    def done(self) -> None:
+        """At AuthenticationOk: a SCRAM exchange must have ended with the server's proof."""
+        if self._scram is not None and not self._server_proven:
+            raise BackendLoginError(
+                "08P01",
+                f'{self.describe} accepted user "{self.user}" without completing SCRAM '
+                "(no server signature): it may not be the server it claims to be",
+            )

@@ -65,10 +65,15 @@ class Authenticator(Protocol):
 
     ``answer`` gets each AuthenticationRequest (code and the bytes after it)
     and returns the encoded reply to send, or ``b""`` when none is due (e.g.
-    after SASLFinal, once the server signature has been checked).
+    after SASLFinal, once the server signature has been checked). ``done`` is
+    called at AuthenticationOk and raises :class:`BackendLoginError` when an
+    exchange that proves the server (SCRAM) was started and not finished: a
+    server that skips SASLFinal never showed that it knows the password.
     """
 
     def answer(self, code: int, data: bytes) -> bytes: ...
+
+    def done(self) -> None: ...
 
 
 def login(
@@ -93,6 +98,8 @@ def login(
         if msg_type == b"R" and not authenticated:
             code, data = codec.parse_authentication(payload)
             if code == codec.AUTH_OK:
+                if authenticator is not None:
+                    authenticator.done()
                 authenticated = True
             elif authenticator is None:
                 method = _AUTH_NAMES.get(code, f"method {code}")
