@@ -34,8 +34,13 @@ test: venv
 demo: venv
 	$(BIN)/pgtls-proxy demo
 
+# `make bench BENCH_ARGS=--quick` for one short repetition; bench/run.py --help lists the rest.
+# matplotlib (the chart) and py-spy (--profile) are the benchmark's own, optional, requirements.
 bench: venv
-	$(BIN)/python bench/run.py
+	bash bench/ensure-tools.sh
+	$(BIN)/python -m pip install -q -r bench/requirements.txt \
+		|| echo "bench: matplotlib/py-spy not installed: no chart, no profile"
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
