@@ -29,6 +29,12 @@ _PROCESS_FRAME = re.compile(r"^process \d+:")
 _THREAD_FRAME = re.compile(r"^thread \(0x[0-9A-Fa-f]+\)")
 
 
+PROFILE_LOADS = {
+    "steady": ["-n", "-S", "-c", "8", "-j", "2"],
+    "connect": ["-n", "-S", "-C", "-c", "4", "-j", "2"],
+}
+
+
 def _set_affinity(pids: list[int], cpus: set[int]) -> None:
     for pid in pids:
         try:
@@ -234,15 +240,17 @@ def profile_proxy(
     native: bool = False,
     nonblocking: bool = True,
     pin: bool = True,
+    workload: str = "steady",
     log: Any = print,
 ) -> dict[str, Any]:
-    """Record pgtls-proxy for ``secs`` under ``pgbench -S -c 8 -j 2``."""
+    """Record pgtls-proxy for ``secs`` under the steady (or new-connection) pgbench load."""
     py_spy = find_py_spy()
     if py_spy is None:
         raise RuntimeError("py-spy not found: pip install -r bench/requirements.txt")
     assert target.pid is not None
     outdir.mkdir(parents=True, exist_ok=True)
-    raw = outdir / "profile.raw.txt"
+    stem = "profile" if workload == "steady" else f"profile-{workload}"
+    raw = outdir / f"{stem}.raw.txt"
     warm = 3
     cpus = sorted(os.sched_getaffinity(0))
     relay_cpus, other_cpus = ({cpus[-1]}, set(cpus[:-1])) if pin and len(cpus) > 1 else (None, None)
@@ -255,8 +263,9 @@ def profile_proxy(
             os.sched_setaffinity(0, other_cpus)
 
     before = workloads.tree_cpu_split(target.pid)
+    load = PROFILE_LOADS[workload]
     bench = subprocess.Popen(
-        ["pgbench", "-n", "-S", "-c", "8", "-j", "2", "-T", str(secs + warm + 3)],
+        ["pgbench", *load, "-T", str(secs + warm + 3)],
         env=stack.client_env(target),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -306,6 +315,7 @@ def profile_proxy(
             "postgres_pgbench_py_spy": sorted(other_cpus or ()),
         }
     )
+    summary["workload"] = f"pgbench {' '.join(load)}"
     summary["native"] = native
     summary["nonblocking"] = nonblocking
     summary["rate_hz"] = rate
@@ -313,7 +323,8 @@ def profile_proxy(
     text = format_top(summary)
     if summary.get("relay_cpu_us_per_tx") is not None:
         text += (
-            f"\n\nunder the profiler: {summary['tps_under_profile']:.0f} tps, relay CPU "
+            f"\n\nunder the profiler ({summary['workload']}): "
+            f"{summary['tps_under_profile']:.0f} tps, relay CPU "
             f"{summary['relay_cpu_us_per_tx']:.0f} µs/tx "
             f"({100 * summary['relay_sys_share']:.0f}% in the kernel)"
         )
@@ -322,14 +333,14 @@ def profile_proxy(
             f"\nrelay pinned to CPU {summary['pinned']['relay']}, PostgreSQL, pgbench and "
             f"py-spy to {summary['pinned']['postgres_pgbench_py_spy']}"
         )
-    (outdir / "profile-top.txt").write_text(text + "\n")
-    title = f"pgtls-proxy under pgbench -S -c 8 -j 2, {secs}s at {rate} Hz" + (
+    (outdir / f"{stem}-top.txt").write_text(text + "\n")
+    title = f"pgtls-proxy under pgbench {' '.join(load)}, {secs}s at {rate} Hz" + (
         " (with native frames)" if native else ""
     )
     if summary.get("relay_cpu_us_per_tx") is not None:
         title += f"; {summary['tps_under_profile']:.0f} tps"
     working = [(frames, count) for frames, count in stacks if not waiting(frames[-1])]
-    (outdir / "profile.svg").write_text(flamegraph_svg(working, title + "; waiting left out"))
+    (outdir / f"{stem}.svg").write_text(flamegraph_svg(working, title + "; waiting left out"))
     log(text)
-    log(f"profile: {raw}, {outdir / 'profile.svg'}, {outdir / 'profile-top.txt'}")
+    log(f"profile: {raw}, {outdir / (stem + '.svg')}, {outdir / (stem + '-top.txt')}")
     return summary

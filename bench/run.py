@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="py-spy pgtls-proxy after the run")
     p.add_argument("--profile-only", action="store_true", help="set up, profile, nothing else")
     p.add_argument("--profile-secs", type=int, default=10)
+    p.add_argument(
+        "--profile-workload",
+        choices=("steady", "connect"),
+        default="steady",
+        help="the pgbench load under the profile (default steady)",
+    )
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument(
@@ -390,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 native=args.native,
                 nonblocking=not args.blocking,
                 pin=not args.no_pin,
+                workload=args.profile_workload,
                 log=log,
             )
             if data is not None:
