@@ -165,6 +165,10 @@ class Proxy:
         """Only one process of a group counts reloads, so one SIGHUP counts once."""
         return self.role is None or self.role.worker_id == 0
 
+    def is_ready(self) -> bool:
+        """What /readyz reports: listeners bound and not draining."""
+        return self.rt.ready and not self.rt.draining
+
     # ------------------------------------------------------------ control
 
     def request_stop(self) -> None:
@@ -233,7 +237,7 @@ class Proxy:
                         cfg.metrics.address.host,
                         cfg.metrics.address.port,
                         self.metrics.registry,
-                        lambda: self.rt.ready and not self.rt.draining,
+                        self.is_ready,
                     )
                 if self.role is not None and self.role.workers > 1:
                     await outer.start(

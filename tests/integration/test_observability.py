@@ -191,3 +191,25 @@ def test_audit_records(proxy_factory: ProxyFactory, pki: PKIFiles, json_log: io.
     assert denied["error"] == "user_mismatch"
     assert tls_failure["error"] == "no_certificate"
     assert tls_failure["identity"] is None
+
+
+def test_readyz_is_503_until_listeners_are_bound(
+    pki: PKIFiles, pg_cluster: object, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The readiness the admin endpoint serves is false before run() binds."""
+    import yaml
+
+    from pgtls_proxy.admin import render
+    from pgtls_proxy.config import load_config
+    from pgtls_proxy.server import Proxy
+    from tests.fixtures.proxy import base_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(base_config(pki, pg_cluster.port)))  # type: ignore[attr-defined]
+    proxy = Proxy(load_config(path))
+    reply = render("/readyz", "", proxy.metrics.registry, proxy.is_ready)
+    assert reply.startswith(b"HTTP/1.1 503")
+    proxy.rt.ready = True
+    assert render("/readyz", "", proxy.metrics.registry, proxy.is_ready).startswith(b"HTTP/1.1 200")
+    proxy.request_stop()
+    assert render("/readyz", "", proxy.metrics.registry, proxy.is_ready).startswith(b"HTTP/1.1 503")
