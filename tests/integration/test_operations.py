@@ -124,14 +124,7 @@ def test_sighup_with_broken_config_keeps_serving(daemon_factory: Any, pki: PKIFi
 
 def test_reload_rebinds_changed_listener(daemon_factory: Any, pki: PKIFiles) -> None:
     d = daemon_factory()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        new_port = s.getsockname()[1]
-    data = dict(d.data)
-    data["listen"] = [{"address": f"127.0.0.1:{new_port}"}]
-    start = len(d.log)
-    d.write(data)
-    d.signal(signal.SIGHUP)
+    new_port, start = d.move_listener()
     d.wait_log(rf"listening on 127\.0\.0\.1:{new_port}", start=start)
     d.wait_metric("pgtls_config_reloads_total", 1, result="ok")
     assert current_user(pki, new_port, "alice") == "alice"

@@ -6,7 +6,6 @@ import concurrent.futures
 import os
 import re
 import signal
-import socket
 import time
 from typing import Any
 
@@ -92,14 +91,7 @@ def test_reload_with_new_listener_replaces_workers(daemon_factory: Any, pki: PKI
     d.wait_log("all 2 workers ready")
     conn = connect(pki, d.port, "alice")  # an old worker keeps it while draining
     try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            new_port = s.getsockname()[1]
-        data = dict(d.data)
-        data["listen"] = [{"address": f"127.0.0.1:{new_port}"}]
-        start = len(d.log)
-        d.write(data)
-        d.signal(signal.SIGHUP)
+        new_port, start = d.move_listener()
         d.wait_log(r"replacing worker 1", start=start)
         deadline = time.monotonic() + 15
         while True:
