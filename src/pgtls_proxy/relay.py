@@ -1,23 +1,66 @@
 """The steady state: copy bytes both ways until either side closes.
 
-No message parsing: large reads into one reusable buffer per direction, one
-counter increment per chunk on a child bound before the loop.
+No message parsing. Why not two trio tasks per session, each looping over
+``recv``/``send``: every wait for readiness then costs a task switch and an
+``epoll_ctl`` in trio's scheduler, and every optimistic read that finds
+nothing raises an exception; together that was about half of the relay's
+CPU per round trip (docs/benchmarks.md). Instead each trio run (each
+worker) has one :class:`RelayEngine`: its own epoll set in which relayed
+sockets stay registered, level-triggered, for the life of the relay, and one
+task that wakes when that set has events and then moves the bytes of every
+ready socket in a plain loop. Under load one wake-up serves many sessions;
+a socket is read only when the kernel says it has data (or OpenSSL holds
+some), so no read is wasted.
+
+Reads go into one buffer shared by all sessions of the engine and are sent
+on at once; only what a full socket would not take is copied aside, and the
+source of that direction is paused until the destination drains. An idle
+session therefore holds no buffer at all.
+
+The session task waits on its relay's event and may be cancelled at any
+time (drain, shutdown); cancellation takes both sockets out of the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import logging
+import select
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import trio
 
-from pgtls_proxy.netio import ByteStream, StreamClosed
+from pgtls_proxy.logsetup import LOGGER_NAME
+from pgtls_proxy.netio import ByteStream
 
-# Buffers start small, so an idle session costs little memory, and grow when
-# a read fills them (bulk COPY), up to MAX_READ. One TLS record carries at
-# most 16 KiB, so reads from the client never need more than that.
-INITIAL_READ = 8192
+log = logging.getLogger(f"{LOGGER_NAME}.relay")
+
+# One TLS record carries at most 16 KiB of plaintext, so reads from a TLS
+# peer never need more; plain reads (COPY out of PostgreSQL) take up to 64 KiB.
+TLS_READ = 16384
 MAX_READ = 65536
+# How often the byte counters of running sessions are brought up to date.
+# Counting every chunk cost two getpid() calls and two mmap writes per round
+# trip in prometheus-client's multi-process mode.
+COUNTER_INTERVAL = 1.0
+# Events handled per wake-up before trio gets to run its other tasks.
+_BATCH = 64
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_ERR = select.EPOLLERR | select.EPOLLHUP
+
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError, InterruptedError)
+_CLOSED = (
+    ssl.SSLZeroReturnError,
+    ssl.SSLEOFError,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
 
 
 class _Counter(Protocol):
@@ -31,56 +74,265 @@ class RelayResult:
     bytes_in: int = 0  # client -> backend
     bytes_out: int = 0  # backend -> client
     ended_by: str = ""  # "client" or "backend"
+    error: str = ""  # why, when a socket failed rather than closed
 
 
-async def _pump(
-    src: ByteStream, dst: ByteStream, counter: _Counter, totals: list[int], max_read: int
-) -> None:
-    size = INITIAL_READ
-    view = memoryview(bytearray(size))
-    recv_into = src.recv_into
-    send_all = dst.send_all
-    inc = counter.inc
-    while True:
-        n = await recv_into(view)
-        if not n:
+@dataclass(slots=True, eq=False)
+class _Pipe:
+    """One direction: bytes read from ``src`` are written to ``dst``."""
+
+    name: str  # the side that ``src`` is: "client" or "backend"
+    src: socket.socket
+    dst: socket.socket
+    max_read: int
+    inc: Callable[[int], None]  # the counter child's bound ``inc``
+    # For a TLS source, OpenSSL's read(len, buffer) and pending(); None for TCP.
+    tls_read: Callable[..., int] | None
+    tls_pending: Callable[[], int] | None
+    write: Callable[..., int]  # dst's send, or OpenSSL's write for TLS
+    total: int = 0
+    unreported: int = 0  # bytes not yet added to the counter
+    pending: bytes = b""  # what ``dst`` has not taken yet; ``src`` is paused meanwhile
+
+
+def _pipe(
+    name: str, src: socket.socket, dst: socket.socket, max_read: int, inc: Callable[[int], None]
+) -> _Pipe:
+    """Bind the calls the hot loop makes.
+
+    For TLS the loop calls the C ``_ssl._SSLSocket`` under ``ssl.SSLSocket``
+    directly: the Python wrappers only re-check that the socket is open, and
+    cost two interpreter frames per call.
+    """
+    tls_read: Callable[..., int] | None = None
+    tls_pending: Callable[[], int] | None = None
+    if isinstance(src, ssl.SSLSocket):
+        obj: Any = getattr(src, "_sslobj", None) or src
+        tls_read, tls_pending = obj.read, obj.pending
+    write: Callable[..., int] = dst.send
+    if isinstance(dst, ssl.SSLSocket):
+        write = (getattr(dst, "_sslobj", None) or dst).write
+    return _Pipe(name, src, dst, max_read, inc, tls_read, tls_pending, write)
+
+
+@dataclass(slots=True, eq=False)
+class _Relay:
+    c2b: _Pipe
+    b2c: _Pipe
+    done: trio.Event = field(default_factory=trio.Event)
+    result: RelayResult = field(default_factory=RelayResult)
+    # epoll interest currently registered for the client's and backend's fd
+    masks: list[int] = field(default_factory=lambda: [0, 0])
+
+
+class RelayEngine:
+    """All relays of one trio run, driven from one epoll set."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        # fd -> (relay, index 0 for the client's socket / 1 for the backend's)
+        self._fds: dict[int, tuple[_Relay, int]] = {}
+        self._buf = memoryview(bytearray(MAX_READ))
+
+    @property
+    def active(self) -> int:
+        """Relays currently registered (for tests and introspection)."""
+        return len(self._fds) // 2
+
+    # ------------------------------------------------------------ trio side
+
+    async def run(self) -> None:
+        """Wait for the epoll set to have events and handle them, forever."""
+        epoll = self._epoll
+        fd = epoll.fileno()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                for ready_fd, events in epoll.poll(0, _BATCH):
+                    entry = self._fds.get(ready_fd)
+                    if entry is None:
+                        continue
+                    try:
+                        self._handle(entry[0], entry[1], events)
+                    except Exception as exc:  # a bug must not stop every relay
+                        log.exception("relay engine: unexpected error")
+                        self._finish(entry[0], "", f"internal error: {exc!r}")
+        finally:
+            for relay, _ in list(self._fds.values()):
+                self._finish(relay, "", "proxy shutting down")
+            trio.lowlevel.notify_closing(fd)
+            epoll.close()
+
+    async def report_counters(self) -> None:
+        """Add the bytes relayed since the last report to the counters."""
+        while True:
+            await trio.sleep(COUNTER_INTERVAL)
+            for r, index in list(self._fds.values()):
+                if index == 0:
+                    _report(r.c2b)
+                    _report(r.b2c)
+
+    async def relay(
+        self, client: ByteStream, backend: ByteStream, c2b: _Counter, b2c: _Counter
+    ) -> RelayResult:
+        """Relay until one side closes; cancellation removes the sockets."""
+        csock, bsock = client.sock, backend.sock
+        r = _Relay(
+            c2b=_pipe("client", csock, bsock, TLS_READ, c2b.inc),
+            b2c=_pipe("backend", bsock, csock, MAX_READ, b2c.inc),
+        )
+        self._fds[csock.fileno()] = (r, 0)
+        self._fds[bsock.fileno()] = (r, 1)
+        try:
+            self._epoll.register(csock.fileno(), _IN)
+            r.masks[0] = _IN
+            self._epoll.register(bsock.fileno(), _IN)
+            r.masks[1] = _IN
+            # Bytes OpenSSL already decrypted during the startup exchange
+            # never show up as readiness of the socket.
+            for pipe in (r.c2b, r.b2c):
+                if pipe.tls_pending is not None and not r.done.is_set() and pipe.tls_pending():
+                    self._pump(r, pipe)
+            await r.done.wait()
+        finally:
+            if not r.done.is_set():
+                self._finish(r, "", "")
+        result = r.result
+        result.bytes_in = r.c2b.total
+        result.bytes_out = r.b2c.total
+        return result
+
+    # ------------------------------------------------------------ engine side
+
+    def _handle(self, r: _Relay, index: int, events: int) -> None:
+        # index 0: the client's socket is c2b's source and b2c's destination.
+        as_src, as_dst = (r.c2b, r.b2c) if index == 0 else (r.b2c, r.c2b)
+        if events & _OUT and as_dst.pending:
+            self._flush(r, as_dst)
+        if r.done.is_set():
             return
-        await send_all(view[:n])
-        inc(n)
-        totals[0] += n
-        if n == size and size < max_read:
-            size = min(size * 4, max_read)
-            view = memoryview(bytearray(size))
+        if events & _IN:
+            self._pump(r, as_src)
+        elif events & _ERR and not events & _OUT:
+            # Hang-up or error on a socket we are not reading (its reader is
+            # paused): nothing more will come through it.
+            self._finish(r, as_src.name, "connection lost")
+
+    def _pump(self, r: _Relay, p: _Pipe) -> None:
+        if p.pending:  # paused until the destination drains
+            return
+        buf = self._buf
+        src = p.src
+        max_read = p.max_read
+        tls_read = p.tls_read
+        while True:
+            try:
+                if tls_read is not None:
+                    n = tls_read(max_read, buf)
+                else:
+                    n = src.recv_into(buf, max_read)
+            except _WOULD_BLOCK:
+                return
+            except _CLOSED:
+                n = 0
+            except OSError as exc:
+                self._finish(r, p.name, _describe(exc))
+                return
+            if not n:
+                self._finish(r, p.name, "")
+                return
+            p.total += n
+            p.unreported += n
+            if not self._send(r, p, buf[:n]):
+                return
+            # More plaintext may wait inside OpenSSL, where epoll cannot see it.
+            if tls_read is None or not p.tls_pending():  # type: ignore[misc]
+                return
+
+    def _send(self, r: _Relay, p: _Pipe, view: memoryview) -> bool:
+        """Write ``view`` to ``p.dst``; keep and pause on what does not fit."""
+        write = p.write
+        while view:
+            try:
+                sent = write(view)
+            except _WOULD_BLOCK:
+                break
+            except OSError as exc:
+                self._finish(r, "backend" if p.name == "client" else "client", _describe(exc))
+                return False
+            view = view[sent:]
+        if not view:
+            return True
+        p.pending = bytes(view)
+        self._update(r)
+        return False
+
+    def _flush(self, r: _Relay, p: _Pipe) -> None:
+        data = p.pending
+        p.pending = b""
+        if self._send(r, p, memoryview(data)):
+            self._update(r)
+            # The paused source may hold data OpenSSL already read.
+            self._pump(r, p)
+
+    def _update(self, r: _Relay) -> None:
+        if r.done.is_set():
+            return
+        want = [
+            (0 if r.c2b.pending else _IN) | (_OUT if r.b2c.pending else 0),
+            (0 if r.b2c.pending else _IN) | (_OUT if r.c2b.pending else 0),
+        ]
+        for i, sock in ((0, r.c2b.src), (1, r.b2c.src)):
+            if want[i] != r.masks[i]:
+                self._epoll.modify(sock.fileno(), want[i])
+                r.masks[i] = want[i]
+
+    def _finish(self, r: _Relay, ended_by: str, error: str) -> None:
+        if r.done.is_set():
+            return
+        r.result.ended_by = ended_by
+        r.result.error = error
+        _report(r.c2b)
+        _report(r.b2c)
+        for sock in (r.c2b.src, r.b2c.src):
+            fd = sock.fileno()
+            if fd != -1 and self._fds.pop(fd, None) is not None:
+                try:
+                    self._epoll.unregister(fd)
+                except (OSError, ValueError):
+                    pass
+        r.done.set()
+
+
+def _report(p: _Pipe) -> None:
+    if p.unreported:
+        p.inc(p.unreported)
+        p.unreported = 0
+
+
+def _describe(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    return exc.strerror or str(exc)
+
+
+_ENGINE: trio.lowlevel.RunVar[RelayEngine] = trio.lowlevel.RunVar("pgtls_proxy_relay_engine")
+
+
+def engine() -> RelayEngine:
+    """This trio run's engine, started on first use."""
+    try:
+        return _ENGINE.get()
+    except LookupError:
+        eng = RelayEngine()
+        _ENGINE.set(eng)
+        trio.lowlevel.spawn_system_task(eng.run, name="pgtls-proxy relay engine")
+        trio.lowlevel.spawn_system_task(eng.report_counters, name="pgtls-proxy relay counters")
+        return eng
 
 
 async def relay(
     client: ByteStream, backend: ByteStream, c2b: _Counter, b2c: _Counter
 ) -> RelayResult:
-    """Relay until one side closes; the other direction is then cancelled."""
-    result = RelayResult()
-    into = [0]
-    out = [0]
-
-    async with trio.open_nursery() as nursery:
-
-        async def client_side() -> None:
-            try:
-                await _pump(client, backend, c2b, into, 16384)
-            except StreamClosed:
-                pass
-            result.ended_by = result.ended_by or "client"
-            nursery.cancel_scope.cancel()
-
-        async def backend_side() -> None:
-            try:
-                await _pump(backend, client, b2c, out, MAX_READ)
-            except StreamClosed:
-                pass
-            result.ended_by = result.ended_by or "backend"
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(client_side)
-        nursery.start_soon(backend_side)
-    result.bytes_in = into[0]
-    result.bytes_out = out[0]
-    return result
+    """Relay until one side closes; the other direction ends with it."""
+    return await engine().relay(client, backend, c2b, b2c)

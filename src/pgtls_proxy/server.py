@@ -33,6 +33,7 @@ from pgtls_proxy.config import (
 from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.pki.contexts import TLSConfigError
+from pgtls_proxy.relay import engine as relay_engine
 from pgtls_proxy.runtime import Runtime
 from pgtls_proxy.session import Session
 from pgtls_proxy.watch import TLSFiles, watch_files
@@ -228,6 +229,7 @@ class Proxy:
 
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        relay_engine()  # its tasks and epoll set live as long as the run
         try:
             async with trio.open_nursery() as outer:
                 metrics_port = None

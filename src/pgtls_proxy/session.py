@@ -531,7 +531,10 @@ class Session:
                     await self.backend_stream.send_all(codec.terminate())
             except (StreamClosed, OSError):
                 pass
-        self.log.debug("P: relay ended by %s", result.ended_by)
+        if result.error:
+            self.log.info("P: relay ended by %s: %s", result.ended_by, result.error)
+        else:
+            self.log.debug("P: relay ended by %s", result.ended_by)
 
     # ------------------------------------------------------------ cancel
 

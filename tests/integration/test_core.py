@@ -126,6 +126,7 @@ def test_copy_50mb_round_trip_is_byte_exact(proxy: RunningProxy, pki: PKIFiles) 
                 for chunk in copy:
                     out.update(chunk)
     assert out.hexdigest() == digest
+    proxy.wait_sample("pgtls_sessions_total", {"outcome": "completed"}, 1)
     assert proxy.sample("pgtls_bytes_total", {"direction": "client_to_backend"}) > len(payload)
     assert proxy.sample("pgtls_bytes_total", {"direction": "backend_to_client"}) > len(payload)
 
