@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.proxy",
     "tests.fixtures.daemon",
     "tests.fixtures.fake_backend",
+    "tests.fixtures.logs",
 ]

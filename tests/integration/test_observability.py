@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -17,8 +15,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgtls_proxy import metrics as m
-from pgtls_proxy.logsetup import setup_logging
 from tests.fixtures.clients import connect, conninfo
+from tests.fixtures.logs import audit_records
 from tests.fixtures.pki import PKIFiles
 from tests.fixtures.proxy import ProxyFactory, RunningProxy
 
@@ -122,19 +120,6 @@ def test_health_and_readiness(proxy: RunningProxy, pki: PKIFiles) -> None:
         assert conn.execute("select 1").fetchone() == (1,), "draining keeps sessions"
     finally:
         conn.close()
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    setup_logging("info", "json", stream)
-    yield stream
-    setup_logging("warning", "text")
-
-
-def audit_records(stream: io.StringIO) -> list[dict[str, object]]:
-    records = [json.loads(line) for line in stream.getvalue().splitlines() if line]
-    return [r for r in records if r.get("event") == "session"]
 
 
 SPEC_FIELDS = (

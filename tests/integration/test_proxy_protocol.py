@@ -10,14 +10,12 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from pgtls_proxy.logsetup import setup_logging
 from pgtls_proxy.wire.proxyproto import V2_SIGNATURE
 from tests.fixtures.clients import (
     SSL_REQUEST,
@@ -52,14 +50,6 @@ def login_via_header(proxy: RunningProxy, pki: PKIFiles, header: bytes) -> bytes
         reply = tls.recv(65536)
         tls.close()
     return reply
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    setup_logging("info", "json", stream)
-    yield stream
-    setup_logging("warning", "text")
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pytest
 
 from tests.fixtures.clients import (
     SSL_REQUEST,
+    cancel_during_sleep,
     client_tls_context,
     connect,
     conninfo,
@@ -75,27 +76,9 @@ def test_routing_by_database_and_by_rule(
 # ------------------------------------------------------------------ cancel
 
 
-def _cancel_during_sleep(conn: psycopg.Connection[Any]) -> float:
-    """Encrypted cancel (libpq 17+ ``PQcancelCreate``) during a long query."""
-
-    def later() -> None:
-        time.sleep(0.5)
-        conn.cancel_safe()
-
-    t = threading.Thread(target=later)
-    t.start()
-    started = time.monotonic()
-    try:
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            conn.execute("select pg_sleep(30)")
-    finally:
-        t.join()
-    return time.monotonic() - started
-
-
 def test_encrypted_cancel_during_pg_sleep(proxy: RunningProxy, pki: PKIFiles) -> None:
     with connect(pki, proxy.port, "alice") as conn:
-        assert _cancel_during_sleep(conn) < 2.5
+        assert cancel_during_sleep(conn) < 2.5
         assert conn.execute("select 1").fetchone() == (1,)
     assert proxy.sample("pgtls_cancel_requests_total", {"result": "forwarded"}) == 1
 
@@ -129,7 +112,7 @@ def test_psql_ctrl_c_cancels(proxy: RunningProxy, pki: PKIFiles) -> None:
 def test_protocol_32_cancel(proxy: RunningProxy, pki: PKIFiles) -> None:
     # Whatever the server speaks, the client gets a key of the backend's length.
     with connect(pki, proxy.port, "alice", max_protocol_version="3.2") as conn:
-        assert _cancel_during_sleep(conn) < 2.5
+        assert cancel_during_sleep(conn) < 2.5
 
 
 def test_forged_key_cancels_nothing(proxy: RunningProxy, pki: PKIFiles) -> None:
@@ -153,7 +136,7 @@ def test_plaintext_cancel_can_be_refused(proxy_factory: ProxyFactory, pki: PKIFi
     assert took > 0.8
     assert proxy.sample("pgtls_cancel_requests_total", {"result": "forwarded"}) == 0
     with connect(pki, proxy.port, "alice") as conn:
-        assert _cancel_during_sleep(conn) < 2.5, "cancels inside TLS still work"
+        assert cancel_during_sleep(conn) < 2.5, "cancels inside TLS still work"
 
 
 def test_cancel_inside_tls_ends_with_close_notify(proxy: RunningProxy, pki: PKIFiles) -> None:
