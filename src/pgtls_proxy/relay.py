@@ -7,10 +7,17 @@ nothing raises an exception; together that was about half of the relay's
 CPU per round trip (docs/benchmarks.md). Instead each trio run (each
 worker) has one :class:`RelayEngine`: its own epoll set in which relayed
 sockets stay registered, level-triggered, for the life of the relay, and one
-task that wakes when that set has events and then moves the bytes of every
-ready socket in a plain loop. Under load one wake-up serves many sessions;
-a socket is read only when the kernel says it has data (or OpenSSL holds
-some), so no read is wasted.
+thread that sleeps in ``epoll_wait`` and moves the bytes of every ready
+socket in a plain loop. Under load one wake-up serves many sessions; a
+socket is read only when the kernel says it has data (or OpenSSL holds
+some), so no read is wasted. The thread holds the GIL only while it moves
+bytes (OpenSSL and the socket calls release it), and it never goes through
+trio's scheduler: driving the same loop from a trio task cost a third more
+CPU per round trip.
+
+Trio's side registers a relay and waits on its event; everything the two
+threads share is guarded by one lock, held by the engine thread only while
+it handles a batch of events.
 
 Reads go into one buffer shared by all sessions of the engine and are sent
 on at once; only what a full socket would not take is copied aside, and the
@@ -24,9 +31,12 @@ time (drain, shutdown); cancellation takes both sockets out of the engine.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,6 +45,7 @@ import trio
 
 from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.netio import ByteStream
+from pgtls_proxy.wire.reuse import TerminateWatch
 
 log = logging.getLogger(f"{LOGGER_NAME}.relay")
 
@@ -46,12 +57,8 @@ MAX_READ = 65536
 # Counting every chunk cost two getpid() calls and two mmap writes per round
 # trip in prometheus-client's multi-process mode.
 COUNTER_INTERVAL = 1.0
-# Events handled per wake-up before trio gets to run its other tasks.
+# Events handled per wake-up, so a session added meanwhile waits briefly.
 _BATCH = 64
-# Under load, the answers to what a round just sent are often ready by the
-# time it ends; look again (a cheap epoll_wait) before going back through
-# trio's scheduler, a few times at most so trio's own tasks still run.
-_ROUNDS = 4
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -79,6 +86,9 @@ class RelayResult:
     bytes_out: int = 0  # backend -> client
     ended_by: str = ""  # "client" or "backend"
     error: str = ""  # why, when a socket failed rather than closed
+    # The client ended with Terminate at a message boundary, which was not
+    # passed on: the backend session is idle and open (see backend_pool).
+    terminated: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -94,6 +104,7 @@ class _Pipe:
     tls_read: Callable[..., int] | None
     tls_pending: Callable[[], int] | None
     write: Callable[..., int]  # dst's send, or OpenSSL's write for TLS
+    watch: TerminateWatch | None = None
     total: int = 0
     unreported: int = 0  # bytes not yet added to the counter
     pending: bytes = b""  # what ``dst`` has not taken yet; ``src`` is paused meanwhile
@@ -124,19 +135,25 @@ class _Relay:
     c2b: _Pipe
     b2c: _Pipe
     done: trio.Event = field(default_factory=trio.Event)
+    finished: bool = False  # under the engine's lock; ``done`` follows in trio
     result: RelayResult = field(default_factory=RelayResult)
     # epoll interest currently registered for the client's and backend's fd
     masks: list[int] = field(default_factory=lambda: [0, 0])
 
 
 class RelayEngine:
-    """All relays of one trio run, driven from one epoll set."""
+    """All relays of one trio run, driven by one thread from one epoll set."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         # fd -> (relay, index 0 for the client's socket / 1 for the backend's)
         self._fds: dict[int, tuple[_Relay, int]] = {}
         self._buf = memoryview(bytearray(MAX_READ))
+        self._lock = threading.Lock()
+        self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._stop, _IN)
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
 
     @property
     def active(self) -> int:
@@ -146,71 +163,94 @@ class RelayEngine:
     # ------------------------------------------------------------ trio side
 
     async def run(self) -> None:
-        """Wait for the epoll set to have events and handle them, forever."""
-        epoll = self._epoll
-        fd = epoll.fileno()
+        """Run the engine thread for as long as this task lives."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._loop, name="pgtls-relay", daemon=True)
+        self._thread.start()
         try:
-            while True:
-                await trio.lowlevel.wait_readable(fd)
-                rounds = _ROUNDS
-                while rounds:
-                    ready = epoll.poll(0, _BATCH)
-                    if not ready:
-                        break
-                    rounds -= 1
-                    for ready_fd, events in ready:
-                        entry = self._fds.get(ready_fd)
-                        if entry is None:
-                            continue
-                        try:
-                            self._handle(entry[0], entry[1], events)
-                        except Exception as exc:  # a bug must not stop every relay
-                            log.exception("relay engine: unexpected error")
-                            self._finish(entry[0], "", f"internal error: {exc!r}")
+            await trio.sleep_forever()
         finally:
-            for relay, _ in list(self._fds.values()):
-                self._finish(relay, "", "proxy shutting down")
-            trio.lowlevel.notify_closing(fd)
-            epoll.close()
-
-    async def report_counters(self) -> None:
-        """Add the bytes relayed since the last report to the counters."""
-        while True:
-            await trio.sleep(COUNTER_INTERVAL)
-            for r, index in list(self._fds.values()):
-                if index == 0:
-                    _report(r.c2b)
-                    _report(r.b2c)
+            os.eventfd_write(self._stop, 1)
+            self._thread.join()
+            with self._lock:
+                for relay, _ in list(self._fds.values()):
+                    self._finish(relay, "", "proxy shutting down")
+            self._epoll.close()
+            os.close(self._stop)
 
     async def relay(
-        self, client: ByteStream, backend: ByteStream, c2b: _Counter, b2c: _Counter
+        self,
+        client: ByteStream,
+        backend: ByteStream,
+        c2b: _Counter,
+        b2c: _Counter,
+        *,
+        keep_backend: bool = False,
     ) -> RelayResult:
-        """Relay until one side closes; cancellation removes the sockets."""
+        """Relay until one side closes; cancellation removes the sockets.
+
+        With ``keep_backend`` the client's Terminate is not passed on when it
+        is the last thing the client sent (``RelayResult.terminated``).
+        """
         csock, bsock = client.sock, backend.sock
         r = _Relay(
             c2b=_pipe("client", csock, bsock, TLS_READ, c2b.inc),
             b2c=_pipe("backend", bsock, csock, MAX_READ, b2c.inc),
         )
-        self._fds[csock.fileno()] = (r, 0)
-        self._fds[bsock.fileno()] = (r, 1)
+        if keep_backend:
+            r.c2b.watch = TerminateWatch()
         try:
-            self._epoll.register(csock.fileno(), _IN)
-            r.masks[0] = _IN
-            self._epoll.register(bsock.fileno(), _IN)
-            r.masks[1] = _IN
-            # Bytes OpenSSL already decrypted during the startup exchange
-            # never show up as readiness of the socket.
-            for pipe in (r.c2b, r.b2c):
-                if pipe.tls_pending is not None and not r.done.is_set() and pipe.tls_pending():
-                    self._pump(r, pipe)
+            with self._lock:
+                self._fds[csock.fileno()] = (r, 0)
+                self._fds[bsock.fileno()] = (r, 1)
+                self._epoll.register(csock.fileno(), _IN)
+                r.masks[0] = _IN
+                self._epoll.register(bsock.fileno(), _IN)
+                r.masks[1] = _IN
+                # Bytes OpenSSL already decrypted during the startup exchange
+                # never show up as readiness of the socket.
+                for pipe in (r.c2b, r.b2c):
+                    if pipe.tls_pending is not None and not r.finished and pipe.tls_pending():
+                        self._pump(r, pipe)
             await r.done.wait()
         finally:
-            if not r.done.is_set():
-                self._finish(r, "", "")
+            if not r.finished:
+                with self._lock:
+                    self._finish(r, "", "")
         result = r.result
         result.bytes_in = r.c2b.total
         result.bytes_out = r.b2c.total
         return result
+
+    # ------------------------------------------------------------ the thread
+
+    def _loop(self) -> None:
+        epoll, fds, lock, stop = self._epoll, self._fds, self._lock, self._stop
+        next_report = time.monotonic() + COUNTER_INTERVAL
+        while True:
+            try:
+                ready = epoll.poll(COUNTER_INTERVAL, _BATCH)
+            except InterruptedError:
+                continue
+            with lock:
+                for fd, events in ready:
+                    if fd == stop:
+                        return
+                    entry = fds.get(fd)
+                    if entry is None:
+                        continue
+                    try:
+                        self._handle(entry[0], entry[1], events)
+                    except Exception as exc:  # a bug must not stop every relay
+                        log.exception("relay engine: unexpected error")
+                        self._finish(entry[0], "", f"internal error: {exc!r}")
+                now = time.monotonic()
+                if now >= next_report:
+                    next_report = now + COUNTER_INTERVAL
+                    for r, index in list(fds.values()):
+                        if index == 0:
+                            _report(r.c2b)
+                            _report(r.b2c)
 
     # ------------------------------------------------------------ engine side
 
@@ -219,13 +259,15 @@ class RelayEngine:
         as_src, as_dst = (r.c2b, r.b2c) if index == 0 else (r.b2c, r.c2b)
         if events & _OUT and as_dst.pending:
             self._flush(r, as_dst)
-        if r.done.is_set():
+        if r.finished:
             return
         if events & _IN:
             self._pump(r, as_src)
-        elif events & _ERR and not events & _OUT:
+        elif events & _ERR and not events & _OUT and _hung_up(as_src.src):
             # Hang-up or error on a socket we are not reading (its reader is
-            # paused): nothing more will come through it.
+            # paused): nothing more will come through it. (Checked on the
+            # socket itself: the event may be stale, for an earlier socket
+            # that had the same descriptor.)
             self._finish(r, as_src.name, "connection lost")
 
     def _pump(self, r: _Relay, p: _Pipe) -> None:
@@ -253,6 +295,15 @@ class RelayEngine:
                 return
             p.total += n
             p.unreported += n
+            if p.watch is not None:
+                at = p.watch.feed(buf[:n])
+                if at >= 0:
+                    if self._send(r, p, buf[:at]):
+                        r.result.terminated = True
+                        self._finish(r, p.name, "")
+                    # else: the Terminate is dropped; the client's EOF ends
+                    # the relay and the session terminates the backend.
+                    return
             if not self._send(r, p, buf[:n]):
                 return
             # More plaintext may wait inside OpenSSL, where epoll cannot see it.
@@ -286,7 +337,7 @@ class RelayEngine:
             self._pump(r, p)
 
     def _update(self, r: _Relay) -> None:
-        if r.done.is_set():
+        if r.finished:
             return
         want = [
             (0 if r.c2b.pending else _IN) | (_OUT if r.b2c.pending else 0),
@@ -298,8 +349,10 @@ class RelayEngine:
                 r.masks[i] = want[i]
 
     def _finish(self, r: _Relay, ended_by: str, error: str) -> None:
-        if r.done.is_set():
+        """End ``r`` (the lock is held); its task wakes in trio."""
+        if r.finished:
             return
+        r.finished = True
         r.result.ended_by = ended_by
         r.result.error = error
         _report(r.c2b)
@@ -311,7 +364,24 @@ class RelayEngine:
                     self._epoll.unregister(fd)
                 except (OSError, ValueError):
                     pass
-        r.done.set()
+        if threading.current_thread() is self._thread and self._token is not None:
+            try:
+                self._token.run_sync_soon(r.done.set)
+            except trio.RunFinishedError:
+                pass
+        else:
+            r.done.set()
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """The socket is hung up or in error now, whatever is still queued in it.
+
+    A fresh poll of this descriptor alone, so an event left over from an
+    earlier socket with the same descriptor is not taken for this one's.
+    """
+    poller = select.poll()
+    poller.register(sock.fileno(), 0)  # HUP and ERR are always reported
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
 
 
 def _report(p: _Pipe) -> None:
@@ -337,12 +407,16 @@ def engine() -> RelayEngine:
         eng = RelayEngine()
         _ENGINE.set(eng)
         trio.lowlevel.spawn_system_task(eng.run, name="pgtls-proxy relay engine")
-        trio.lowlevel.spawn_system_task(eng.report_counters, name="pgtls-proxy relay counters")
         return eng
 
 
 async def relay(
-    client: ByteStream, backend: ByteStream, c2b: _Counter, b2c: _Counter
+    client: ByteStream,
+    backend: ByteStream,
+    c2b: _Counter,
+    b2c: _Counter,
+    *,
+    keep_backend: bool = False,
 ) -> RelayResult:
     """Relay until one side closes; the other direction ends with it."""
-    return await engine().relay(client, backend, c2b, b2c)
+    return await engine().relay(client, backend, c2b, b2c, keep_backend=keep_backend)
