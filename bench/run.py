@@ -62,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     p.add_argument("--workers", type=int, help="pgtls-proxy workers (default: its own, CPUs)")
     p.add_argument(
+        "--pool-size",
+        type=int,
+        default=20,
+        help="pgtls-proxy backends.main.pool.size (default 20, like PgBouncer's "
+        "default_pool_size; 0: a new backend session per client)",
+    )
+    p.add_argument(
         "--targets", default="direct,pgbouncer,pgtls", help="comma list of direct,pgbouncer,pgtls"
     )
     p.add_argument(
@@ -356,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         scale=args.scale,
         copy_mb=args.copy_mb,
         workers=args.workers,
+        pool_size=args.pool_size,
         as_shipped=args.as_shipped,
         ref=args.ref,
         keep=args.keep,

@@ -113,6 +113,7 @@ class Stack:
         scale: int,
         copy_mb: float,
         workers: int | None,
+        pool_size: int = 20,
         as_shipped: bool = False,
         ref: str | None = None,
         keep: bool = False,
@@ -121,6 +122,7 @@ class Stack:
         self.scale = scale
         self.copy_mb = copy_mb
         self.workers = workers
+        self.pool_size = pool_size
         self.as_shipped = as_shipped
         self.ref = ref
         self.keep = keep
@@ -384,7 +386,14 @@ class Stack:
             },
             "identity": {"field": "cn", "on_user_mismatch": "reject"},
             "rules": [{"identity": BENCH_USER, "user": BENCH_USER, "databases": ["*"]}],
-            "backends": {"main": {"address": f"127.0.0.1:{self.cluster_port}"}},
+            # Kept backend sessions, as PgBouncer's session pool keeps them
+            # (default_pool_size = 20); 0 opens one per client.
+            "backends": {
+                "main": {
+                    "address": f"127.0.0.1:{self.cluster_port}",
+                    "pool": {"size": self.pool_size},
+                }
+            },
             "metrics": {"address": f"127.0.0.1:{admin}"},
             "shutdown": {"drain_timeout": 2},
         }

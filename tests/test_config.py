@@ -96,6 +96,7 @@ def test_minimal_config() -> None:
     assert main.databases == ("*",)
     assert main.tls.mode == "disable"
     assert main.connect_timeout == 5.0
+    assert (main.pool.size, main.pool.idle_timeout, main.pool.max_lifetime) == (0, 60.0, 3600.0)
     (rule,) = cfg.rules
     assert (rule.index, rule.identity, rule.identity_regex, rule.user) == (
         0,
@@ -312,6 +313,31 @@ def test_unknown_key_names_its_path(mutate: Mutation, key: str) -> None:
             set_in("backends.main.connect_timeout", -5),
             "backends.main.connect_timeout",
             id="connect-timeout-negative",
+        ),
+        pytest.param(
+            set_in("backends.main.pool", {"size": -1}),
+            "backends.main.pool.size",
+            id="pool-size-negative",
+        ),
+        pytest.param(
+            set_in("backends.main.pool", {"size": "20"}),
+            "backends.main.pool.size",
+            id="pool-size-string",
+        ),
+        pytest.param(
+            set_in("backends.main.pool", {"size": 2, "idle_timeout": 0}),
+            "backends.main.pool.idle_timeout",
+            id="pool-idle-timeout-zero",
+        ),
+        pytest.param(
+            set_in("backends.main.pool", {"size": 2, "max_lifetime": -1}),
+            "backends.main.pool.max_lifetime",
+            id="pool-max-lifetime-negative",
+        ),
+        pytest.param(
+            set_in("backends.main.pool", {"max": 2}),
+            "backends.main.pool.max",
+            id="pool-unknown-key",
         ),
         pytest.param(
             set_in("backends.main.tls", {"mode": "verify-full"}),

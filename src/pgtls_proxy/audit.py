@@ -38,6 +38,8 @@ class AuditRecord:
     bytes_in: int = 0
     bytes_out: int = 0
     event: str = "session"
+    # The backend session came from backends.<name>.pool (no new login).
+    backend_reused: bool = False
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -59,6 +61,8 @@ class AuditRecord:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
         }
+        if self.backend_reused:
+            out["backend_reused"] = True
         if self.error is not None:
             out["error"] = self.error
         return out

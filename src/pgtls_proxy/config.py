@@ -106,6 +106,17 @@ class BackendAuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendPoolSettings:
+    """Backend sessions kept for reuse (per worker); size 0 turns reuse off."""
+
+    size: int = 0
+    idle_timeout: float = 60.0
+    # Sessions older than this are closed rather than kept again, so changes
+    # to a role (NOLOGIN, ALTER ROLE ... SET) reach every client in time.
+    max_lifetime: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class BackendSettings:
     name: str
     address: HostPort
@@ -113,6 +124,7 @@ class BackendSettings:
     tls: BackendTLSSettings = field(default_factory=BackendTLSSettings)
     auth: BackendAuthSettings = field(default_factory=BackendAuthSettings)
     connect_timeout: float = 5.0
+    pool: BackendPoolSettings = field(default_factory=BackendPoolSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +278,8 @@ _TLS_KEYS = (
 )
 _IDENTITY_KEYS = ("field", "on_user_mismatch")
 _RULE_KEYS = ("identity", "user", "databases", "sources", "action", "backend")
-_BACKEND_KEYS = ("address", "databases", "tls", "auth", "connect_timeout")
+_BACKEND_KEYS = ("address", "databases", "tls", "auth", "connect_timeout", "pool")
+_BACKEND_POOL_KEYS = ("size", "idle_timeout", "max_lifetime")
 _BACKEND_TLS_KEYS = ("mode", "ca_file", "cert_file", "key_file", "server_name")
 _BACKEND_AUTH_KEYS = ("passwords_file", "allow_cleartext_over_plaintext")
 _TOP_KEYS = (
@@ -426,6 +439,8 @@ def _backend(name: str, value: Any, base: Path) -> BackendSettings:
     _check_keys(tls_data, _BACKEND_TLS_KEYS, f"{key}.tls")
     auth_data = _mapping(data.get("auth"), f"{key}.auth")
     _check_keys(auth_data, _BACKEND_AUTH_KEYS, f"{key}.auth")
+    pool_data = _mapping(data.get("pool"), f"{key}.pool")
+    _check_keys(pool_data, _BACKEND_POOL_KEYS, f"{key}.pool")
 
     def opt_path(d: Mapping[str, Any], k: str, prefix: str) -> Path | None:
         return _optional(d.get(k), f"{prefix}.{k}", lambda v, kk: _path(v, kk, base))
@@ -455,6 +470,11 @@ def _backend(name: str, value: Any, base: Path) -> BackendSettings:
         tls=tls,
         auth=auth,
         connect_timeout=_number(data.get("connect_timeout", 5), f"{key}.connect_timeout"),
+        pool=BackendPoolSettings(
+            size=_int(pool_data.get("size", 0), f"{key}.pool.size", minimum=0),
+            idle_timeout=_number(pool_data.get("idle_timeout", 60), f"{key}.pool.idle_timeout"),
+            max_lifetime=_number(pool_data.get("max_lifetime", 3600), f"{key}.pool.max_lifetime"),
+        ),
     )
 
 

@@ -37,6 +37,7 @@ HANDSHAKE_RESULTS = (
 )
 NEGOTIATIONS = ("sslrequest", "direct")
 SESSION_OUTCOMES = ("completed", "denied", "backend_error", "startup_error", "client_error")
+POOL_RESULTS = ("reused", "kept", "discarded")
 DENIAL_REASONS = ("no_rule", "reject_rule", "user_mismatch")
 DIRECTIONS = ("client_to_backend", "backend_to_client")
 # Beyond the SPEC's two: "refused" a plaintext one with limits.plaintext_cancel
@@ -111,6 +112,21 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.backend_pool_idle = Gauge(
+            "pgtls_backend_pool_idle",
+            "Backend sessions kept for reuse (backends.<name>.pool), idle now.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.backend_pool_results = Counter(
+            "pgtls_backend_pool_results_total",
+            "What became of backend sessions at the pool: reused by a new client, "
+            "kept after a client left, discarded (not idle, reset failed, pool full, "
+            "expired, closed by the server).",
+            ["backend", "result"],
+            registry=r,
+        )
         self.cancel_requests = Counter(
             "pgtls_cancel_requests_total", "CancelRequests received.", ["result"], registry=r
         )
@@ -181,3 +197,6 @@ class Metrics:
         for name in names:
             self.sessions_active.labels(name)
             self.backend_connect_errors.labels(name)
+            self.backend_pool_idle.labels(name)
+            for result in POOL_RESULTS:
+                self.backend_pool_results.labels(name, result)

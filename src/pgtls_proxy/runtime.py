@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pgtls_proxy.backend_pool import BackendPool
 from pgtls_proxy.cancel import CancelRegistry
 from pgtls_proxy.config import BackendSettings, Config
 from pgtls_proxy.metrics import Metrics
@@ -93,6 +94,11 @@ class Runtime:
     # substitute pid, or None when this process owns it.
     cancel_peer: Callable[[int], Path | None] | None = None
     passwords: dict[Path, PasswordsFile] = field(default_factory=dict)
+    pool: BackendPool | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool is None:
+            self.pool = BackendPool(self.metrics)
 
     def install(self, state: TLSState) -> None:
         """Swap in a new state; established sessions keep their snapshot."""

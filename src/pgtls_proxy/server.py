@@ -241,6 +241,8 @@ class Proxy:
                         self.metrics.registry,
                         self.is_ready,
                     )
+                if self.rt.pool is not None:
+                    outer.start_soon(self.rt.pool.run, lambda: self.rt.config.backends)
                 if self.role is not None and self.role.workers > 1:
                     await outer.start(
                         serve_handoffs, self.rt, self.role.cancel_socket(self.role.worker_id)

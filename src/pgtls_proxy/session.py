@@ -22,6 +22,7 @@ from cryptography import x509
 from pgtls_proxy import audit as audit_mod
 from pgtls_proxy.audit import AuditRecord
 from pgtls_proxy.backend import BackendUnavailable, open_backend, run_login
+from pgtls_proxy.backend_pool import PoolKey
 from pgtls_proxy.cancel import CancelTarget
 from pgtls_proxy.cancel_delivery import deliver_cancel
 from pgtls_proxy.config import BackendSettings
@@ -37,7 +38,7 @@ from pgtls_proxy.wire import codec, proxyproto
 from pgtls_proxy.wire.auth import PasswordAnswerer
 from pgtls_proxy.wire.errors import ProtocolError
 from pgtls_proxy.wire.frontend import NEED_DATA, StartupReader, check_no_trailing_data
-from pgtls_proxy.wire.login import Authenticator, BackendLoginError
+from pgtls_proxy.wire.login import Authenticator, BackendLoginError, LoginResult
 from pgtls_proxy.wire.messages import (
     CancelRequest,
     GSSENCRequest,
@@ -112,6 +113,10 @@ class Session:
         self.raw = PlainStream(sock)
         self.client: PlainStream | TLSStream = self.raw
         self.backend_stream: ByteStream | None = None
+        # Set when the backend's pool may keep this backend session afterwards.
+        self.pool_key: PoolKey | None = None
+        self.backend_login: LoginResult | None = None
+        self.backend_opened = 0.0
         self.source = source or _source_ip(peer)
         self.audit = AuditRecord(
             session=self.sid,
@@ -461,11 +466,10 @@ class Session:
 
     # ------------------------------------------------------------ phase 5: backend
 
-    async def _connect_backend(
-        self, backend: BackendSettings, startup: StartupMessage, user: str
-    ) -> None:
-        self.phase.name = "backend"
-        describe = f'backend "{backend.name}"'
+    async def _login_backend(
+        self, backend: BackendSettings, startup: StartupMessage, describe: str
+    ) -> tuple[LoginResult, bytes, Authenticator | None]:
+        """A new backend session: connect, log in as the mapped user."""
         try:
             stream = await open_backend(backend, self.state.backend_contexts.get(backend.name))
         except BackendUnavailable as exc:
@@ -475,21 +479,41 @@ class Session:
             await self._fatal("08006", msg)
             raise self._fail("backend_error", msg) from None
         self.backend_stream = stream
-        if user != startup.user:
-            startup = startup.with_user(user)
-        authenticator = self.rt.authenticator_for(backend, user, stream)
+        authenticator = self.rt.authenticator_for(backend, startup.user, stream)
         try:
             result, extra = await run_login(stream, startup, authenticator, describe)
         except BackendLoginError as exc:
             self.metrics.backend_connect_errors.labels(backend.name).inc()
             msg = (
-                f'{describe} refused login of user "{user}": {exc.message}'
+                f'{describe} refused login of user "{startup.user}": {exc.message}'
                 if exc.from_backend
                 else exc.message
             )
             self.log.warning("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
             await self._fatal(exc.sqlstate, msg)
             raise self._fail("backend_error", msg) from None
+        return result, extra, authenticator
+
+    async def _connect_backend(
+        self, backend: BackendSettings, startup: StartupMessage, user: str
+    ) -> None:
+        self.phase.name = "backend"
+        describe = f'backend "{backend.name}"'
+        if user != startup.user:
+            startup = startup.with_user(user)
+        pool = self.rt.pool
+        pool_key = PoolKey(backend, startup) if backend.pool.size and pool is not None else None
+        taken = pool.take(pool_key) if pool_key is not None and pool is not None else None
+        if taken is not None:
+            self.backend_stream, result, self.backend_opened = taken
+            extra = b""
+            self.audit.backend_reused = True
+            authenticator: Authenticator | None = None
+        else:
+            result, extra, authenticator = await self._login_backend(backend, startup, describe)
+            self.backend_opened = time.monotonic()
+        self.pool_key = pool_key
+        self.backend_login = result
         out = [*result.before_auth, codec.authentication_ok(), *result.to_client]
         if result.backend_pid is not None and result.backend_key is not None:
             pid, key = self.rt.cancels.register(
@@ -510,7 +534,7 @@ class Session:
             user,
             startup.database,
             backend.name,
-            _auth_method(authenticator),
+            "reused" if self.audit.backend_reused else _auth_method(authenticator),
         )
 
     # ------------------------------------------------------------ phase 6: relay
@@ -518,11 +542,18 @@ class Session:
     async def _relay(self) -> None:
         assert self.backend_stream is not None
         result = await relay(
-            self.client, self.backend_stream, self.metrics.bytes_c2b, self.metrics.bytes_b2c
+            self.client,
+            self.backend_stream,
+            self.metrics.bytes_c2b,
+            self.metrics.bytes_b2c,
+            keep_backend=self.pool_key is not None,
         )
         self.audit.bytes_in = result.bytes_in
         self.audit.bytes_out = result.bytes_out
         self.audit.outcome = "completed"
+        if result.terminated and await self._keep_backend():
+            self.log.debug("P: relay ended by Terminate; backend session kept")
+            return
         if result.ended_by == "client":
             # The client vanished without Terminate, or sent it; either way
             # tell the backend we are done so it frees the session at once.
@@ -535,6 +566,26 @@ class Session:
             self.log.info("P: relay ended by %s: %s", result.ended_by, result.error)
         else:
             self.log.debug("P: relay ended by %s", result.ended_by)
+
+    async def _keep_backend(self) -> bool:
+        """Offer the idle backend session to the pool; True when it took it."""
+        pool, key, login, stream = (
+            self.rt.pool,
+            self.pool_key,
+            self.backend_login,
+            self.backend_stream,
+        )
+        if pool is None or key is None or login is None or stream is None or self.rt.draining:
+            return False
+        # The cancel key dies with this session: a late CancelRequest from
+        # this client must not reach the next client's query.
+        if self.cancel_key is not None:
+            self.rt.cancels.unregister(*self.cancel_key)
+            self.cancel_key = None
+        if not await pool.give_back(key, stream, login, self.backend_opened):
+            return False
+        self.backend_stream = None
+        return True
 
     # ------------------------------------------------------------ cancel
 
