@@ -87,11 +87,11 @@ def category(frame: str) -> str:
     return "native"
 
 
-# Innermost frames that mean "waiting", not working: trio's epoll_wait, trio's
-# idle worker threads. py-spy's own idle detection does not see a blocked
-# epoll_wait as idle on every kernel, so it records with --idle and the
-# waiting samples are set aside here.
-_WAITING = ("EpollIOManager.get_events ", "WorkerThread._work ")
+# Innermost frames that mean "waiting", not working: trio's epoll_wait, the
+# relay engine's epoll_wait, trio's idle worker threads. py-spy's own idle
+# detection does not see a blocked epoll_wait as idle on every kernel, so it
+# records with --idle and the waiting samples are set aside here.
+_WAITING = ("EpollIOManager.get_events ", "RelayEngine._wait ", "WorkerThread._work ")
 
 
 def waiting(frame: str) -> bool:

@@ -80,13 +80,20 @@ def tree_wakeups(pid: int) -> int:
     """Voluntary context switches of the tree: how often its processes slept and woke."""
     total = 0
     for member in process_tree(pid):
+        # Per thread: /proc/<pid>/status counts the main thread only, and the
+        # relay runs in a thread of its own.
         try:
-            with open(f"/proc/{member}/status") as fh:
-                for line in fh:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
+            threads = os.listdir(f"/proc/{member}/task")
         except OSError:
             continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{member}/task/{tid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
     return total
 
 
