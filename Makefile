@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: venv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 	$(BIN)/pytest -q
 
 demo: venv

@@ -70,6 +70,15 @@ METRICS = (
         "µs",
         "cost",
     ),
+    Metric(
+        "rss_kib_per_idle_session",
+        "idle",
+        "rss_kib_per_session",
+        "relay RSS / idle mTLS session",
+        "KiB",
+        "cost",
+        "{:.1f}",
+    ),
 )
 
 
@@ -228,15 +237,18 @@ def render_chart(data: dict[str, Any], path: Path) -> bool:
         (("latency_avg_us", "latency_p99_us"), "latency µs, avg and p99 (lower is better)"),
         ("relay_cpu_us_per_tx", "relay CPU µs per steady tx (lower is better)"),
         ("machine_cpu_us_per_tx", "machine CPU µs per steady tx (lower is better)"),
+        ("relay_cpu_us_per_conn", "relay CPU µs per new connection (lower is better)"),
+        ("rss_kib_per_idle_session", "relay RSS KiB per idle mTLS session (lower is better)"),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
+    empty: dict[str, Any] = {"targets": {}, "unit": ""}
     for ax, (keys, title) in zip(axes.flat, panels, strict=True):
         groups = keys if isinstance(keys, tuple) else (keys,)
         width = 0.8 / len(targets)
         for i, t in enumerate(targets):
             xs, meds, lows, highs = [], [], [], []
             for g, key in enumerate(groups):
-                stats = summary[key]["targets"].get(t)
+                stats = summary.get(key, empty)["targets"].get(t)
                 if not stats:
                     continue
                 xs.append(g + (i - (len(targets) - 1) / 2) * width)
@@ -258,7 +270,8 @@ def render_chart(data: dict[str, Any], path: Path) -> bool:
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(
-            ["avg", "p99"] if len(groups) > 1 else [summary[groups[0]]["unit"]], fontsize=9
+            ["avg", "p99"] if len(groups) > 1 else [summary.get(groups[0], empty)["unit"]],
+            fontsize=9,
         )
         ax.margins(y=0.15)
     axes.flat[0].legend(fontsize=9, loc="lower left")

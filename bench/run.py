@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -67,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=20,
         help="pgtls-proxy backends.main.pool.size (default 20, like PgBouncer's "
         "default_pool_size; 0: a new backend session per client)",
+    )
+    p.add_argument(
+        "--idle-sessions",
+        type=int,
+        help="idle mTLS sessions held open to measure the relay's RSS per session "
+        "(default 1000, --quick 200; 0 skips it)",
     )
     p.add_argument(
         "--targets", default="direct,pgbouncer,pgtls", help="comma list of direct,pgbouncer,pgtls"
@@ -124,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.connect_secs = args.connect_secs or (5 if quick else 8)
     args.latency_secs = args.latency_secs or (4 if quick else 6)
     args.copy_mb = args.copy_mb or (100 if quick else 300)
+    if args.idle_sessions is None:
+        args.idle_sessions = 200 if quick else 1000
     if args.retries is None:
         args.retries = 1 if quick else 4
     if args.wait_budget is None:
@@ -196,6 +205,13 @@ def brief(workload: str, result: dict[str, Any]) -> str:
         )
     if workload == "copy":
         parts.append(f"{result['mb_per_s']:.0f} MB/s in {result['wall_s']:.1f}s")
+    if workload == "idle":
+        parts.append(
+            f"{result['rss_kib_per_session']:.1f} KiB per session: RSS {result['rss_before_kib']}"
+            f" -> {result['rss_held_kib']} KiB with {result['sessions']} held,"
+            f" {result['rss_after_close_kib']} KiB after closing them"
+            f" (opened in {result['open_s']:.1f}s)"
+        )
     for key, unit in (
         ("relay_cpu_us_per_tx", "µs relay CPU/tx"),
         ("relay_cpu_us_per_conn", "µs relay CPU/conn"),
@@ -281,6 +297,53 @@ def benchmark(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
     return runs
 
 
+def memory(stack: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """RSS per idle mTLS session, once per relay (not per repetition).
+
+    pgtls-proxy is measured on an instance of its own, started for this and
+    stopped after, so the heap the other workloads grew does not hide what
+    the sessions cost. PgBouncer's allocations do not depend on the earlier
+    load the same way (fixed-size slabs per client).
+    """
+    records: list[dict[str, Any]] = []
+    for name in args.targets:
+        if name == "direct":
+            continue
+        fresh = name == "pgtls"
+        target = stack.start_proxy("pgtls-idle", args.workers) if fresh else stack.targets[name]
+        record: dict[str, Any] = {
+            "rep": 1,
+            "workload": "idle",
+            "target": name,
+            "started": time.time(),
+            "quiet_wait_s": 0.0,
+        }
+        try:
+            record["result"] = workloads.idle_sessions(
+                stack, target, args.idle_sessions, query=name != "pgbouncer"
+            )
+            record["ok"] = True
+            log(f"idle     {name:10} {brief('idle', record['result'])}")
+        except workloads.WorkloadError as exc:
+            record.update(ok=False, error=str(exc), result={})
+            log(f"idle     {name:10} FAILED: {exc}")
+        finally:
+            if fresh and target.proc is not None:
+                target.proc.terminate()
+                target.proc.wait(timeout=30)
+        records.append(record)
+    return records
+
+
+def raise_fd_limit() -> None:
+    """Enough descriptors for the idle sessions: the bench's clients and the
+    relays it starts (which inherit the limit) hold one or two per session."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def describe(
     stack: Stack, args: argparse.Namespace, started: float, git: dict[str, Any]
 ) -> dict[str, Any]:
@@ -312,6 +375,7 @@ def params(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "copy_bytes": stack.copy_bytes,
         "copy_rows": stack.copy_rows,
         "workloads": args.workloads,
+        "idle_sessions": args.idle_sessions,
         "order": "per repetition, each workload once per target; target order rotates",
     }
 
@@ -349,10 +413,10 @@ def output(data: dict[str, Any], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
-        data = json.loads(args.render.read_text())
-        output(data, args)
+        output(json.loads(args.render.read_text()), args)
         return 0
     started = time.monotonic()
+    raise_fd_limit()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         check_tools()
@@ -364,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         copy_mb=args.copy_mb,
         workers=args.workers,
         pool_size=args.pool_size,
+        idle_sessions=args.idle_sessions,
         as_shipped=args.as_shipped,
         ref=args.ref,
         keep=args.keep,
@@ -379,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         data: dict[str, Any] | None = None
         if not args.profile_only:
             runs = benchmark(stack, args)
+            idle = memory(stack, args) if args.idle_sessions > 0 else []
             data = {
                 "meta": describe(stack, args, started, git),
                 "params": params(stack, args),
@@ -386,9 +452,10 @@ def main(argv: list[str] | None = None) -> int:
                     t: {"label": stack.targets[t].label, **stack.targets[t].info}
                     for t in args.targets
                 },
-                "summary": report.summarise(runs, args.targets),
+                "summary": report.summarise(runs + idle, args.targets),
                 "noise": noise_summary(runs),
                 "runs": runs,
+                "idle": idle,
             }
         if args.profile or args.profile_only:
             import profiling
@@ -412,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         if data is not None:
             data["meta"]["wall_s"] = round(time.monotonic() - started, 1)
             output(data, args)
-            failed = [r for r in data["runs"] if not r["ok"]]
+            failed = [r for r in data["runs"] + data["idle"] if not r["ok"]]
             if failed:
                 log(f"{len(failed)} run(s) failed; see 'error' in the JSON")
                 return 1

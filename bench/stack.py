@@ -114,6 +114,7 @@ class Stack:
         copy_mb: float,
         workers: int | None,
         pool_size: int = 20,
+        idle_sessions: int = 0,
         as_shipped: bool = False,
         ref: str | None = None,
         keep: bool = False,
@@ -123,6 +124,7 @@ class Stack:
         self.copy_mb = copy_mb
         self.workers = workers
         self.pool_size = pool_size
+        self.idle_sessions = idle_sessions
         self.as_shipped = as_shipped
         self.ref = ref
         self.keep = keep
@@ -258,7 +260,8 @@ class Stack:
                 "ssl_ca_file": "root.crt",
                 "ssl_crl_file": "root.crl",
                 "shared_buffers": "256MB",
-                "max_connections": 200,
+                # The idle-session measurement holds that many backends open.
+                "max_connections": 200 + self.idle_sessions,
             }
         )
         cluster.start()
@@ -342,7 +345,7 @@ class Stack:
                     "auth_type = cert",
                     f"auth_file = {directory / 'userlist.txt'}",
                     "pool_mode = session",
-                    "max_client_conn = 200",
+                    f"max_client_conn = {200 + self.idle_sessions}",
                     "default_pool_size = 20",
                     "ignore_startup_parameters = extra_float_digits",
                     "client_tls_sslmode = verify-full",

@@ -76,6 +76,18 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(tree_cpu_split(pid))
 
 
+def _status_number(path: str, key: str) -> int:
+    """The number after ``key`` in a /proc status file; 0 when the task is gone."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def tree_wakeups(pid: int) -> int:
     """Voluntary context switches of the tree: how often its processes slept and woke."""
     total = 0
@@ -87,13 +99,7 @@ def tree_wakeups(pid: int) -> int:
         except OSError:
             continue
         for tid in threads:
-            try:
-                with open(f"/proc/{member}/task/{tid}/status") as fh:
-                    for line in fh:
-                        if line.startswith("voluntary_ctxt_switches:"):
-                            total += int(line.split()[1])
-            except OSError:
-                continue
+            total += _status_number(f"/proc/{member}/task/{tid}/status", "voluntary_ctxt_switches:")
     return total
 
 
@@ -320,3 +326,82 @@ def bulk_copy(stack: Stack, target: Target) -> dict[str, Any]:
     if "relay_cpu_s" in cost:
         result["relay_cpu_ms_per_mb"] = cost["relay_cpu_s"] / mb * 1e3
     return result
+
+
+# ---------------------------------------------------------------- memory
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of the tree (VmRSS of every process), in KiB."""
+    return sum(_status_number(f"/proc/{member}/status", "VmRSS:") for member in process_tree(pid))
+
+
+def _connect_kwargs(env: dict[str, str]) -> dict[str, str]:
+    """The libpq settings of ``Stack.client_env`` as connection parameters."""
+    names = {
+        "PGHOST": "host",
+        "PGHOSTADDR": "hostaddr",
+        "PGPORT": "port",
+        "PGUSER": "user",
+        "PGDATABASE": "dbname",
+        "PGSSLMODE": "sslmode",
+        "PGSSLROOTCERT": "sslrootcert",
+        "PGSSLCERT": "sslcert",
+        "PGSSLKEY": "sslkey",
+        "PGGSSENCMODE": "gssencmode",
+        "PGCONNECT_TIMEOUT": "connect_timeout",
+    }
+    return {param: env[var] for var, param in names.items() if var in env}
+
+
+def idle_sessions(
+    stack: Stack, target: Target, count: int, *, query: bool = True, warmup: int = 20
+) -> dict[str, Any]:
+    """RSS the relay adds per established, idle mTLS session.
+
+    ``count`` verify-full sessions with a client certificate are opened one
+    after the other (each checked with a query when ``query``: PgBouncer in
+    session mode would hold a server connection per client from its first
+    query on, and has 20), and held; the relay's
+    resident memory (all its processes) is read before and after. A warm-up
+    of ``warmup`` sessions opened and closed first, so code paths that run
+    once per process (imports, first handshake) are not charged to the
+    sessions. Read after closing them too, which shows memory the sessions
+    did not give back.
+    """
+    import psycopg  # the tests' client; only this workload needs it in-process
+
+    assert target.pid is not None, "direct TLS has no relay to measure"
+    pid = target.pid
+    conninfo = psycopg.conninfo.make_conninfo(**_connect_kwargs(stack.client_env(target)))
+    started = time.perf_counter()
+    for _ in range(warmup):
+        psycopg.connect(conninfo, autocommit=True).close()
+    time.sleep(1.0)
+    before = tree_rss_kib(pid)
+    conns: list[Any] = []
+    try:
+        for _ in range(count):
+            conn = psycopg.connect(conninfo, autocommit=True)
+            conns.append(conn)
+            if query:
+                conn.execute("select 1").fetchone()
+        opened = time.perf_counter()
+        time.sleep(2.0)  # let the proxy's periodic work run once over the held sessions
+        held = tree_rss_kib(pid)
+    except psycopg.Error as exc:
+        raise WorkloadError(f"session {len(conns) + 1} of {count}: {exc}") from exc
+    finally:
+        for conn in conns:
+            conn.close()
+    time.sleep(2.0)
+    after = tree_rss_kib(pid)
+    return {
+        "sessions": count,
+        "open_s": opened - started,
+        "rss_before_kib": before,
+        "rss_held_kib": held,
+        "rss_after_close_kib": after,
+        "rss_kib_per_session": (held - before) / count,
+        "wall_s": 0.0,
+    }
