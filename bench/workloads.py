@@ -360,25 +360,25 @@ def idle_sessions(
     """RSS the relay adds per established, idle mTLS session.
 
     ``count`` verify-full sessions with a client certificate are opened one
-    after the other (each checked with a query when ``query``: PgBouncer in
-    session mode would hold a server connection per client from its first
-    query on, and has 20), and held; the relay's
-    resident memory (all its processes) is read before and after. A warm-up
-    of ``warmup`` sessions opened and closed first, so code paths that run
-    once per process (imports, first handshake) are not charged to the
-    sessions. Read after closing them too, which shows memory the sessions
-    did not give back.
+    after the other and held; the relay's resident memory (all its
+    processes) is read before and while they are held. With ``query`` each
+    session runs a query first (not for PgBouncer in session mode, which
+    would hold one of its 20 server connections per client from its first
+    query on). ``warmup`` sessions are opened and closed before, so what
+    runs once per process (imports, the first handshake) is not charged to
+    the sessions. The reading after closing them shows what was not given
+    back.
     """
     import psycopg  # the tests' client; only this workload needs it in-process
 
     assert target.pid is not None, "direct TLS has no relay to measure"
     pid = target.pid
     conninfo = psycopg.conninfo.make_conninfo(**_connect_kwargs(stack.client_env(target)))
-    started = time.perf_counter()
     for _ in range(warmup):
         psycopg.connect(conninfo, autocommit=True).close()
     time.sleep(1.0)
     before = tree_rss_kib(pid)
+    started = time.perf_counter()
     conns: list[Any] = []
     try:
         for _ in range(count):
@@ -403,5 +403,4 @@ def idle_sessions(
         "rss_held_kib": held,
         "rss_after_close_kib": after,
         "rss_kib_per_session": (held - before) / count,
-        "wall_s": 0.0,
     }
