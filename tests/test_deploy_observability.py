@@ -49,6 +49,8 @@ REQUIRED_PANELS = {
     "Active sessions by backend": "timeseries",
     "Bytes relayed by direction": "timeseries",
     "Backend connect errors by backend": "timeseries",
+    "Idle backend sessions kept for reuse": "timeseries",
+    "Backend session reuse by result": "timeseries",
     "Days to server certificate expiry": "stat",
     "Hours to CRL next update": "bargauge",
     "Config reloads by result": "stat",
