@@ -319,6 +319,43 @@ def backend_ca_missing(case: Case) -> list[str]:
     ]
 
 
+def _passwords(case: Case, text: str, mode: int = 0o600) -> Path:
+    path = case.tmp / "userlist.txt"
+    path.write_text(text)
+    path.chmod(mode)
+    case.data["backends"]["main"]["auth"] = {"passwords_file": str(path)}
+    return path
+
+
+def passwords_file_private_and_valid(case: Case) -> list[str]:
+    _passwords(case, '"alice" "s3cret"\n"bob" "md5' + "0" * 32 + '"\n')
+    return []
+
+
+def passwords_file_readable_by_others(case: Case) -> list[str]:
+    path = _passwords(case, '"alice" "s3cret"\n', 0o644)
+    return [
+        f"error: backends.main.auth.passwords_file: {path} is readable by group or others"
+        " (mode 0644); use 0600, or 0640 with owner root"
+    ]
+
+
+def passwords_file_malformed(case: Case) -> list[str]:
+    # The secret is not quoted; the error names the line, not the secret.
+    path = _passwords(case, '# comment\n"alice" s3cret\n')
+    return [
+        f"error: backends.main.auth.passwords_file: {path}: line 2: expected a double-quoted value"
+    ]
+
+
+def passwords_file_missing(case: Case) -> list[str]:
+    path = case.tmp / "userlist.txt"
+    case.data["backends"]["main"]["auth"] = {"passwords_file": str(path)}
+    return [
+        f"error: backends.main.auth.passwords_file: cannot read {path}: No such file or directory"
+    ]
+
+
 def cert_file_not_pem(case: Case) -> list[str]:
     path = case.tmp / "junk.crt"
     path.write_text("not a certificate\n")
@@ -359,6 +396,10 @@ CASES = [
     regex_that_does_not_compile,
     shadowed_rule,
     backend_ca_missing,
+    passwords_file_private_and_valid,
+    passwords_file_readable_by_others,
+    passwords_file_malformed,
+    passwords_file_missing,
     cert_file_not_pem,
     client_ca_missing,
 ]

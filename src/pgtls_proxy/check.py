@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography import x509
 
 from pgtls_proxy.config import Config, ConfigError, HostPort, TLSSettings, load_config
+from pgtls_proxy.passwords import PasswordsFileError, parse_userlist
 from pgtls_proxy.pki import contexts
 from pgtls_proxy.pki.chain import build_chain, find_issuer, is_self_signed, public_key_der
 from pgtls_proxy.pki.contexts import TLSConfigError
@@ -318,8 +319,28 @@ def _check_rules(config: Config, found: Findings) -> None:
         )
 
 
+def _check_passwords_file(path: Path, key: str, found: Findings) -> None:
+    """Backend secrets: as private as a key, and parseable.
+
+    The proxy reads the file at a backend's first password challenge, so a
+    broken one would otherwise surface only as failed logins.
+    """
+    if not check_secret_file(path, key, found):
+        return
+    try:
+        parse_userlist(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        found.error(key, f"{path} is not UTF-8 text")
+    except (OSError, PasswordsFileError) as exc:  # messages name lines, never secrets
+        found.error(key, f"{path}: {exc}")
+
+
 def _check_backends(config: Config, found: Findings) -> None:
     for name, backend in config.backends.items():
+        if backend.auth.passwords_file is not None:
+            _check_passwords_file(
+                backend.auth.passwords_file, f"backends.{name}.auth.passwords_file", found
+            )
         prefix = f"backends.{name}.tls"
         if backend.tls.key_file is not None:
             check_secret_file(backend.tls.key_file, f"{prefix}.key_file", found)

@@ -176,9 +176,11 @@ def test_backend_killed_hard(
     cluster.create_user("alice")
     proxy = proxy_factory({"backends": {"main": {"address": f"127.0.0.1:{cluster.port}"}}})
     conn = connect(pki, proxy.port, "alice")
-    threading.Thread(target=lambda: (time.sleep(0.3), cluster.kill())).start()
+    killer = threading.Thread(target=lambda: (time.sleep(0.3), cluster.kill()))
+    killer.start()
     with pytest.raises(psycopg.OperationalError):
         conn.execute("select pg_sleep(10)")
+    killer.join()  # no pg_ctl of this test may still run during teardown
     conn.close()
     wait_for(lambda: proxy.sample("pgtls_sessions_active", {"backend": "main"}) == 0)
     with pytest.raises(psycopg.OperationalError, match='backend "main"'):
