@@ -348,6 +348,12 @@ def passwords_file_malformed(case: Case) -> list[str]:
     ]
 
 
+def passwords_file_not_utf8(case: Case) -> list[str]:
+    path = _passwords(case, "")
+    path.write_bytes(b'"alice" "caf\xe9"\n')  # Latin-1, as an old editor might save it
+    return [f"error: backends.main.auth.passwords_file: {path} is not UTF-8 text"]
+
+
 def passwords_file_missing(case: Case) -> list[str]:
     path = case.tmp / "userlist.txt"
     case.data["backends"]["main"]["auth"] = {"passwords_file": str(path)}
@@ -399,6 +405,7 @@ CASES = [
     passwords_file_private_and_valid,
     passwords_file_readable_by_others,
     passwords_file_malformed,
+    passwords_file_not_utf8,
     passwords_file_missing,
     cert_file_not_pem,
     client_ca_missing,
