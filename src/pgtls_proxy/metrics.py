@@ -44,6 +44,11 @@ DIRECTIONS = ("client_to_backend", "backend_to_client")
 # off, "failed" the key was known but its backend could not be reached.
 CANCEL_RESULTS = ("forwarded", "unknown_key", "refused", "failed")
 RELOAD_RESULTS = ("ok", "failed")
+# Connections closed at once by admission (pgtls_proxy.admission): the pending
+# budget was full, the source held its share, an older pending connection of
+# the biggest source made room for a newcomer, or no descriptor was left.
+REFUSAL_REASONS = ("pending_full", "per_source", "evicted", "no_descriptors")
+ACCEPT_ERRORS = ("emfile", "enfile", "other")
 
 # Handshakes take milliseconds; the tail we care about is the timeout.
 _HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -163,6 +168,25 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "pgtls_connections_refused_total",
+            "Connections closed at once, before TLS or startup finished, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_pending = Gauge(
+            "pgtls_connections_pending",
+            "Connections accepted that are not sessions yet (TLS or startup under way).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.accept_errors = Counter(
+            "pgtls_accept_errors_total",
+            "Failed accept() calls on the listeners (emfile: this process is out of "
+            "descriptors, enfile: the system is).",
+            ["error"],
+            registry=r,
+        )
         self.crl_problems = Counter(
             "pgtls_crl_problems_total",
             "Handshakes let through in lenient mode despite a missing or stale CRL.",
@@ -191,6 +215,8 @@ class Metrics:
         self.cancel_by_result = {k: self.cancel_requests.labels(k) for k in CANCEL_RESULTS}
         self.reload_by_result = {k: self.config_reloads.labels(k) for k in RELOAD_RESULTS}
         self.file_reload_by_result = {k: self.file_reloads.labels(k) for k in RELOAD_RESULTS}
+        self.refused_by_reason = {k: self.connections_refused.labels(k) for k in REFUSAL_REASONS}
+        self.accept_errors_by_error = {k: self.accept_errors.labels(k) for k in ACCEPT_ERRORS}
 
     def declare_backends(self, names: list[str]) -> None:
         """Create the per-backend children so each backend shows zeros."""
