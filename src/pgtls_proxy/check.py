@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import resource
 import ssl
 import stat
 import warnings
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from pgtls_proxy import descriptors
 from pgtls_proxy.config import Config, ConfigError, HostPort, TLSSettings, load_config
 from pgtls_proxy.passwords import PasswordsFileError, parse_userlist
 from pgtls_proxy.pki import contexts
@@ -65,7 +67,19 @@ def run_checks(path: str, now: datetime | None = None) -> list[str]:
         _check_crls(config.tls, cas, now, found)
     _check_rules(config, found)
     _check_backends(config, found)
+    _check_descriptors(config, found)
     return found.lines
+
+
+def _check_descriptors(config: Config, found: Findings) -> None:
+    """``run`` raises the soft RLIMIT_NOFILE to the hard one; is that enough?
+
+    Measured in this process: run ``check`` under the same limits as the
+    daemon (systemd's LimitNOFILE= does not apply to a shell).
+    """
+    problem = descriptors.shortfall(config, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    if problem is not None:
+        found.warning("limits.max_connections", problem)
 
 
 # ------------------------------------------------------------------ secrets on disk

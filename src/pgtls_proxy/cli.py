@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 import trio
 
 from pgtls_proxy import __version__
-from pgtls_proxy.config import ConfigError, default_config_path, load_config
-from pgtls_proxy.logsetup import setup_logging
+from pgtls_proxy.config import Config, ConfigError, default_config_path, load_config
+from pgtls_proxy.logsetup import LOGGER_NAME, setup_logging
 from pgtls_proxy.pki import commands as pki_commands
 from pgtls_proxy.pki.contexts import TLSConfigError
 
@@ -27,6 +28,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             config.logging.format,
             worker=role.worker_id if role is not None else None,
         )
+        if role is None:  # workers inherit the raised limit
+            _raise_descriptor_limit(config)
         if role is None and config.workers > 1:
             from pgtls_proxy.runtime import build_state
 
@@ -47,6 +50,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _raise_descriptor_limit(config: Config) -> None:
+    """Take every descriptor the hard limit allows; say so when the limits need more."""
+    from pgtls_proxy import descriptors
+
+    soft, _hard = descriptors.raise_soft_limit()
+    problem = descriptors.shortfall(config, soft)
+    if problem is not None:
+        ceiling = descriptors.pending_ceiling(config, soft)
+        logging.getLogger(f"{LOGGER_NAME}.server").warning(
+            "P: limits.max_connections: %s; until then limits.max_pending is lowered to %s",
+            problem,
+            ceiling,
+        )
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

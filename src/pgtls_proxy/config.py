@@ -144,6 +144,9 @@ class LimitsSettings:
     max_connections: int = 10000
     startup_timeout: float = 10.0
     plaintext_cancel: bool = True
+    # Connections not yet sessions (TLS and startup not done), per worker.
+    max_pending: int = 1024
+    per_source_pending: int = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,7 +498,17 @@ def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
 
     metrics = _section(top, "metrics", ("address",))
     logging_ = _section(top, "logging", ("level", "format", "audit"))
-    limits = _section(top, "limits", ("max_connections", "startup_timeout", "plaintext_cancel"))
+    limits = _section(
+        top,
+        "limits",
+        (
+            "max_connections",
+            "startup_timeout",
+            "plaintext_cancel",
+            "max_pending",
+            "per_source_pending",
+        ),
+    )
     shutdown = _section(top, "shutdown", ("drain_timeout",))
     metrics_address: HostPort | None = HostPort("127.0.0.1", 9187)
     if "address" in metrics:
@@ -517,6 +530,10 @@ def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
             max_connections=_int(limits.get("max_connections", 10000), "limits.max_connections"),
             startup_timeout=_number(limits.get("startup_timeout", 10), "limits.startup_timeout"),
             plaintext_cancel=_bool(limits.get("plaintext_cancel", True), "limits.plaintext_cancel"),
+            max_pending=_int(limits.get("max_pending", 1024), "limits.max_pending"),
+            per_source_pending=_int(
+                limits.get("per_source_pending", 128), "limits.per_source_pending"
+            ),
         ),
         shutdown=ShutdownSettings(
             drain_timeout=_number(

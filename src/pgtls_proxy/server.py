@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pgtls_proxy.admin import serve_admin
+from pgtls_proxy.admission import Admission, Ticket, peer_address
 from pgtls_proxy.cancel import CancelRegistry
 from pgtls_proxy.cancel_delivery import serve_handoffs
 from pgtls_proxy.config import (
@@ -127,6 +129,7 @@ class Proxy:
             cancels=CancelRegistry(role.worker_id, role.worker_bits) if role else CancelRegistry(),
         )
         self.rt.install(self.rt.state)
+        self.admission = Admission(self.metrics, lambda: self.rt.config)
         self._stop = trio.Event()
         self._sessions_done = trio.Event()
         self._session_count = 0
@@ -230,8 +233,10 @@ class Proxy:
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         relay_engine()  # its tasks and epoll set live as long as the run
+        self.admission.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         try:
             async with trio.open_nursery() as outer:
+                outer.start_soon(self.admission.run)
                 metrics_port = None
                 if cfg.metrics.address is not None:
                     metrics_port = await outer.start(
@@ -362,23 +367,32 @@ class Proxy:
                 except OSError as exc:
                     if lsock.fileno() == -1:
                         return
-                    # EMFILE and friends: back off instead of spinning.
-                    _log.error("P: accept failed: %s", exc)
-                    await trio.sleep(0.1)
+                    # EMFILE and friends: count, shed, back off instead of spinning.
+                    await self.admission.accept_failed(lsock, exc)
                     continue
-                hard_cap = 2 * self.rt.config.limits.max_connections + 100
-                if self.rt.connections >= hard_cap:
+                self.admission.accepted()
+                # Behind a PROXY-protocol listener the TCP peer is the load
+                # balancer: only the global budget applies until the header
+                # names the client.
+                ticket = self.admission.admit(
+                    peer_address(peer), capped=not listener.settings.proxy_protocol
+                )
+                if ticket is None:
                     sock.close()
                     continue
-                sessions.start_soon(self._serve_one, sock, peer, listener.settings)
+                sessions.start_soon(self._serve_one, sock, peer, listener.settings, ticket)
 
-    async def _serve_one(self, sock: socket.socket, peer: object, listen: ListenSettings) -> None:
-        self.rt.connections += 1
+    async def _serve_one(
+        self, sock: socket.socket, peer: object, listen: ListenSettings, ticket: Ticket
+    ) -> None:
         self._session_count += 1
         try:
-            await Session(self.rt, sock, peer, proxy_protocol=listen.proxy_protocol).run()
+            with ticket.scope:
+                await Session(
+                    self.rt, sock, peer, proxy_protocol=listen.proxy_protocol, ticket=ticket
+                ).run()
         finally:
-            self.rt.connections -= 1
+            ticket.release()
             self._session_count -= 1
             self._sessions_done.set()
 

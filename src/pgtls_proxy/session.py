@@ -20,6 +20,7 @@ import trio
 from cryptography import x509
 
 from pgtls_proxy import audit as audit_mod
+from pgtls_proxy.admission import Ticket
 from pgtls_proxy.audit import AuditRecord
 from pgtls_proxy.backend import BackendUnavailable, open_backend, run_login
 from pgtls_proxy.backend_pool import PoolKey
@@ -104,6 +105,7 @@ class Session:
         client_addr: str | None = None,
         source: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
         proxy_protocol: bool = False,
+        ticket: Ticket | None = None,
     ) -> None:
         self.rt = rt
         self.state: TLSState = rt.state  # snapshot: a reload does not touch us
@@ -129,6 +131,11 @@ class Session:
         self.active_backend: str | None = None
         self.identity: CertIdentity | None = None
         self.proxy_protocol = proxy_protocol
+        # Our place among the pending connections, until the limits are checked.
+        self.ticket = ticket
+        self.counted = False  # in rt.connections (the sessions max_connections limits)
+        # Refused or evicted by admission: no lingering over a socket we shed.
+        self.close_at_once = False
 
     # ------------------------------------------------------------ outcome helpers
 
@@ -174,8 +181,13 @@ class Session:
             self.audit.error = self.audit.error or f"internal error: {exc!r}"
             self.log.exception("P: unexpected error in session")
         finally:
+            if self.ticket is not None and self.ticket.evicted:
+                # Made room for a newcomer (limits.max_pending).
+                self.close_at_once = True
+                self.audit.outcome = "client_error"
+                self.audit.error = "evicted: too many pending connections"
             with trio.CancelScope(shield=True):
-                await self._close(lingering)
+                await self._close(lingering and not self.close_at_once)
                 self._finish()
 
     async def _startup_timed_out(self) -> None:
@@ -205,6 +217,7 @@ class Session:
         await self._handshake(negotiation)
         startup = await self._read_startup()
         backend, user = await self._decide(startup)
+        await self._check_limits()
         await self._connect_backend(backend, startup, user)
 
     # ------------------------------------------------------------ phase 0: PROXY header
@@ -233,6 +246,11 @@ class Session:
             self.source = ipaddress.ip_address(header.source[0])
             self.audit.client_addr = format_addr(header.source)
             self.log.debug("C: PROXY header: client %s", self.audit.client_addr)
+            if self.ticket is not None and not self.ticket.move(self.source, str(self.source)):
+                # Counted and logged by admission; no word to a client over its share.
+                self.handshake_counted = True
+                self.close_at_once = True
+                raise self._fail("client_error", "too many pending connections from its address")
 
     # ------------------------------------------------------------ phase 1: plaintext
 
@@ -421,10 +439,6 @@ class Session:
         assert isinstance(event, StartupMessage)
         self.audit.requested_user = event.user
         self.audit.database = event.database
-        if self.rt.connections > self.cfg.limits.max_connections:
-            msg = "sorry, too many clients already"
-            await self._fatal("53300", msg)
-            raise self._fail("startup_error", msg)
         return event
 
     # ------------------------------------------------------------ phase 4: policy
@@ -463,6 +477,24 @@ class Session:
             raise self._fail("backend_error", msg)
         self.audit.backend = backend.name
         return backend, decision.user
+
+    # ------------------------------------------------------------ limits
+
+    async def _check_limits(self) -> None:
+        """From here to its end this is a session: it counts, no longer as pending.
+
+        The SPEC's moment: after the rules decided, before the backend is
+        contacted. A refused client stays pending until it is gone.
+        """
+        if self.rt.connections >= self.cfg.limits.max_connections:
+            msg = "sorry, too many clients already"
+            self.log.info("P: %s (limits.max_connections)", msg)
+            await self._fatal("53300", msg)
+            raise self._fail("startup_error", msg)
+        self.rt.connections += 1
+        self.counted = True
+        if self.ticket is not None:
+            self.ticket.release()
 
     # ------------------------------------------------------------ phase 5: backend
 
@@ -620,6 +652,9 @@ class Session:
             await self.client.aclose()
 
     def _finish(self) -> None:
+        if self.counted:
+            self.rt.connections -= 1
+            self.counted = False
         if self.cancel_key is not None:
             self.rt.cancels.unregister(*self.cancel_key)
         if self.active_backend is not None:
