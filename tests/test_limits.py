@@ -124,3 +124,10 @@ def test_run_raises_the_soft_limit_and_warns(tmp_path: Path, pki: PKIFiles) -> N
     assert out.stdout.strip() == "(1500, 1500)"
     assert "limits.max_connections: the limits need 3089 file descriptors" in out.stderr
     assert "limits.max_pending is lowered to 717" in out.stderr
+
+
+def test_example_config_documents_the_defaults() -> None:
+    from pgtls_proxy.config import LimitsSettings, load_config
+
+    example = Path(__file__).resolve().parents[1] / "config" / "pgtls-proxy.example.yaml"
+    assert load_config(example).limits == LimitsSettings()

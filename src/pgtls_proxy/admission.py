@@ -37,14 +37,21 @@ _BACKOFF_FIRST = 0.005
 _BACKOFF_MAX = 0.25
 
 
-def peer_address(peer: object) -> IPAddress:
-    """The IP address of an accepted socket's peer (a Unix socket counts as loopback)."""
-    if isinstance(peer, tuple) and peer:
+def peer_key(peer: object) -> str:
+    """The source an accepted socket's peer counts under (see pending.source_key).
+
+    An IPv4 peer is already in canonical form as the kernel reports it, and
+    parsing it would cost more than the rest of admission together.
+    """
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        host = peer[0]
+        if ":" not in host:
+            return host
         try:
-            return ipaddress.ip_address(peer[0])
+            return _source_key(ipaddress.ip_address(host))
         except ValueError:
             pass
-    return ipaddress.ip_address("127.0.0.1")
+    return "local"
 
 
 class Report:
@@ -181,14 +188,14 @@ class Admission:
         )
         self.table.per_source = limits.per_source_pending
 
-    def admit(self, peer: IPAddress, *, capped: bool) -> Ticket | None:
+    def admit(self, peer: object, *, capped: bool) -> Ticket | None:
         """A ticket for a just-accepted connection, or None: close it at once."""
         self._configure()
         ticket = Ticket(self)
-        key = _source_key(peer)
+        key = peer_key(peer)
         verdict = self.table.admit(key, ticket, capped=capped)
         if not isinstance(verdict, Admitted):
-            self._refused(verdict.reason, str(peer))
+            self._refused(verdict.reason, key)
             return None
         ticket.entry = verdict.entry
         if verdict.evicted is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pgtls_proxy.admin import serve_admin
-from pgtls_proxy.admission import Admission, Ticket, peer_address
+from pgtls_proxy.admission import Admission, Ticket
 from pgtls_proxy.cancel import CancelRegistry
 from pgtls_proxy.cancel_delivery import serve_handoffs
 from pgtls_proxy.config import (
@@ -374,9 +374,7 @@ class Proxy:
                 # Behind a PROXY-protocol listener the TCP peer is the load
                 # balancer: only the global budget applies until the header
                 # names the client.
-                ticket = self.admission.admit(
-                    peer_address(peer), capped=not listener.settings.proxy_protocol
-                )
+                ticket = self.admission.admit(peer, capped=not listener.settings.proxy_protocol)
                 if ticket is None:
                     sock.close()
                     continue
