@@ -580,6 +580,8 @@ def test_max_lifetime_retires_a_busy_kept_session(
     """Reuse does not keep a session alive for ever: ALTER ROLE reaches clients."""
     proxy = proxy_factory(pool(2, idle_timeout=600, max_lifetime=1.0))
     first = session_identity(pki, proxy.port)
+    # The session is reset after its client left; only then can the next one get it.
+    wait_results(proxy, "kept", 1)
     assert session_identity(pki, proxy.port) == first, "young: reused"
     wait_results(proxy, "kept", 2)
     # Kept again and again, it would never be idle for long; its age retires it.
