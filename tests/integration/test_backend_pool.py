@@ -39,6 +39,7 @@ from tests.fixtures.clients import (
 from tests.fixtures.cluster import ClusterFactory
 from tests.fixtures.logs import audit_records
 from tests.fixtures.pki import PKIFiles
+from tests.fixtures.polling import wait_for
 from tests.fixtures.proxy import ProxyFactory, RunningProxy
 
 pytestmark = pytest.mark.integration
@@ -50,13 +51,6 @@ SESSION_IDENTITY = "select pid, backend_start from pg_stat_activity where pid = 
 
 def pool(size: int = 2, **extra: Any) -> dict[str, Any]:
     return {"backends": {"main": {"pool": {"size": size, **extra}}}}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"condition not reached: {what}"
-        time.sleep(0.02)
 
 
 def results(proxy: RunningProxy, result: str) -> float:
