@@ -42,8 +42,6 @@ from tests.fixtures.pki import PKIFiles
 from tests.fixtures.polling import wait_for
 from tests.fixtures.proxy import ProxyFactory, RunningProxy
 
-pytestmark = pytest.mark.integration
-
 Identity = tuple[int, datetime]
 
 SESSION_IDENTITY = "select pid, backend_start from pg_stat_activity where pid = pg_backend_pid()"
