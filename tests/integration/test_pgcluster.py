@@ -101,6 +101,7 @@ def test_missing_binaries_skip_locally_but_fail_under_ci(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(cluster_fixtures, "find_pg_bin_dir", lambda: None)
+    monkeypatch.delenv(cluster_fixtures.BINDIR_ENV, raising=False)
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception):
         cluster_fixtures.require_pg_bin_dir()
