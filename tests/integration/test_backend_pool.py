@@ -91,6 +91,17 @@ def alive(admin: psycopg.Connection[Any], pid: int) -> bool:
     return bool(row[0])
 
 
+def terminate_backend(admin: psycopg.Connection[Any], pid: int) -> None:
+    """Kill a backend session and wait until it is gone.
+
+    pg_terminate_backend's own timeout argument needs PostgreSQL 14; polling
+    works on every version.
+    """
+    row = admin.execute("select pg_terminate_backend(%s)", (pid,)).fetchone()
+    assert row == (True,)
+    wait_for(lambda: not alive(admin, pid), what="the terminated backend is gone")
+
+
 # ------------------------------------------------------------------ reuse
 
 
@@ -606,9 +617,7 @@ def test_session_killed_on_the_server_is_not_handed_out(
     proxy = proxy_factory(pool(2))
     first = session_identity(pki, proxy.port)
     wait_results(proxy, "kept", 1)
-    row = admin.execute("select pg_terminate_backend(%s, 5000)", (first[0],)).fetchone()
-    assert row == (True,)
-    wait_for(lambda: not alive(admin, first[0]), what="the backend is gone")
+    terminate_backend(admin, first[0])
     with connect(pki, proxy.port, "alice") as conn:
         assert identity_of(conn) != first
         assert conn.execute("select 41 + 1").fetchone() == (42,)
@@ -663,9 +672,7 @@ def test_reuse_over_a_tls_backend(
     assert results(proxy, "reused") == 1
     wait_results(proxy, "kept", 2)
     with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
-        assert admin.execute("select pg_terminate_backend(%s, 5000)", (first[0],)).fetchone() == (
-            True,
-        )
+        terminate_backend(admin, first[0])
     with connect(pki, proxy.port, "alice") as conn:
         assert identity_of(conn) != first
     assert results(proxy, "discarded") == 1
