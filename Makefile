@@ -45,8 +45,9 @@ test: venv
 # and cancel keys (test_backend_versions), and the cluster the tests stand on
 # (test_pgcluster: initdb, pg_hba, reload on each version). The rest never
 # reaches a server's version-specific behaviour (client TLS and CRLs, PROXY
-# protocol, metrics, signals and workers, a scripted backend): running it five
-# more times would add about 15 minutes to CI and prove nothing new.
+# protocol, metrics, signals and workers, a scripted backend): on PostgreSQL 10
+# all of tests/integration took 367 s against 118 s for these files, so running
+# it five more times would add some 20 minutes to CI and prove nothing new.
 # `make test-matrix PG_MATRIX="10 18"` for a subset.
 PG_MATRIX ?= 10 12 14 16 18
 MATRIX_TESTS ?= \
