@@ -655,6 +655,9 @@ class PgCluster:
             "max_connections": "200",
             "logging_collector": "off",
             "log_line_prefix": _conf_value("%m [%p] %q%u@%d "),
+            # The default from PostgreSQL 14 on; 10 to 13 would store md5 hashes,
+            # with which a scram-sha-256 pg_hba.conf line cannot log in.
+            "password_encryption": _conf_value("scram-sha-256"),
         }
         merged = base | self._user_settings
         lines = [f"{name} = {value}" for name, value in merged.items()]

@@ -28,6 +28,7 @@ from tests.fixtures.clients import (
     recv_all,
     startup_packet,
 )
+from tests.fixtures.cluster import requires_pg
 from tests.fixtures.pki import PKIFiles, issue_custom
 from tests.fixtures.proxy import ProxyFactory
 
@@ -202,7 +203,12 @@ def test_require_against_server_without_tls_is_08006(
 @pytest.mark.parametrize(
     ("user", "mode", "method"),
     [
-        ("scram_user", "verify-full", "SCRAM-SHA-256-PLUS"),  # bound to the server's cert
+        pytest.param(
+            "scram_user",
+            "verify-full",
+            "SCRAM-SHA-256-PLUS",  # bound to the server's cert
+            marks=requires_pg(11, "SCRAM channel binding"),
+        ),
         ("md5_user", "verify-full", "md5"),
         ("pw_user", "verify-full", "password"),
         ("cert_user", "verify-full", "trust-or-cert"),

@@ -39,9 +39,8 @@ from tests.fixtures.clients import (
 from tests.fixtures.cluster import ClusterFactory
 from tests.fixtures.logs import audit_records
 from tests.fixtures.pki import PKIFiles
+from tests.fixtures.polling import wait_for
 from tests.fixtures.proxy import ProxyFactory, RunningProxy
-
-pytestmark = pytest.mark.integration
 
 Identity = tuple[int, datetime]
 
@@ -50,13 +49,6 @@ SESSION_IDENTITY = "select pid, backend_start from pg_stat_activity where pid = 
 
 def pool(size: int = 2, **extra: Any) -> dict[str, Any]:
     return {"backends": {"main": {"pool": {"size": size, **extra}}}}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"condition not reached: {what}"
-        time.sleep(0.02)
 
 
 def results(proxy: RunningProxy, result: str) -> float:
@@ -97,6 +89,17 @@ def alive(admin: psycopg.Connection[Any], pid: int) -> bool:
     row = admin.execute("select count(*) from pg_stat_activity where pid = %s", (pid,)).fetchone()
     assert row is not None
     return bool(row[0])
+
+
+def terminate_backend(admin: psycopg.Connection[Any], pid: int) -> None:
+    """Kill a backend session and wait until it is gone.
+
+    pg_terminate_backend's own timeout argument needs PostgreSQL 14; polling
+    works on every version.
+    """
+    row = admin.execute("select pg_terminate_backend(%s)", (pid,)).fetchone()
+    assert row == (True,)
+    wait_for(lambda: not alive(admin, pid), what="the terminated backend is gone")
 
 
 # ------------------------------------------------------------------ reuse
@@ -580,6 +583,8 @@ def test_max_lifetime_retires_a_busy_kept_session(
     """Reuse does not keep a session alive for ever: ALTER ROLE reaches clients."""
     proxy = proxy_factory(pool(2, idle_timeout=600, max_lifetime=1.0))
     first = session_identity(pki, proxy.port)
+    # The session is reset after its client left; only then can the next one get it.
+    wait_results(proxy, "kept", 1)
     assert session_identity(pki, proxy.port) == first, "young: reused"
     wait_results(proxy, "kept", 2)
     # Kept again and again, it would never be idle for long; its age retires it.
@@ -612,9 +617,7 @@ def test_session_killed_on_the_server_is_not_handed_out(
     proxy = proxy_factory(pool(2))
     first = session_identity(pki, proxy.port)
     wait_results(proxy, "kept", 1)
-    row = admin.execute("select pg_terminate_backend(%s, 5000)", (first[0],)).fetchone()
-    assert row == (True,)
-    wait_for(lambda: not alive(admin, first[0]), what="the backend is gone")
+    terminate_backend(admin, first[0])
     with connect(pki, proxy.port, "alice") as conn:
         assert identity_of(conn) != first
         assert conn.execute("select 41 + 1").fetchone() == (42,)
@@ -669,9 +672,7 @@ def test_reuse_over_a_tls_backend(
     assert results(proxy, "reused") == 1
     wait_results(proxy, "kept", 2)
     with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
-        assert admin.execute("select pg_terminate_backend(%s, 5000)", (first[0],)).fetchone() == (
-            True,
-        )
+        terminate_backend(admin, first[0])
     with connect(pki, proxy.port, "alice") as conn:
         assert identity_of(conn) != first
     assert results(proxy, "discarded") == 1

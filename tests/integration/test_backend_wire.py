@@ -30,6 +30,7 @@ from tests.fixtures.clients import (
 )
 from tests.fixtures.fake_backend import FakeBackend, FakeBackendFactory
 from tests.fixtures.pki import PKIFiles
+from tests.fixtures.polling import wait_for
 from tests.fixtures.proxy import ProxyFactory, RunningProxy
 
 PROTOCOL_3_2 = 3 << 16 | 2
@@ -93,13 +94,6 @@ def send_cancel(port: int, pki: PKIFiles, packet: bytes, *, via_tls: bool) -> No
 def simple_query(sql: str) -> bytes:
     body = sql.encode() + b"\0"
     return b"Q" + struct.pack("!I", len(body) + 4) + body
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------------ cancel keys

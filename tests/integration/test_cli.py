@@ -88,12 +88,13 @@ def test_run_serves_and_sigterm_exits_0(tmp_path: Path, pki: PKIFiles, pg_cluste
             proc.kill()
 
 
-def test_demo_prints_a_working_psql_line() -> None:
+def test_demo_prints_a_working_psql_line(pg_bin_dir: Path) -> None:
     proc = subprocess.Popen(
         [*CLI, "demo", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PG_BIN_DIR": str(pg_bin_dir)},  # the server under test
     )
     try:
         assert proc.stdout is not None

@@ -23,8 +23,6 @@ from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures.cluster import ClusterFactory
 from tests.fixtures.pki import self_signed
 
-integration = pytest.mark.integration
-
 
 def connect(cluster: PgCluster, user: str, dbname: str = "postgres") -> psycopg.Connection:
     return psycopg.connect(cluster.conninfo(user=user, dbname=dbname), connect_timeout=5)
@@ -103,6 +101,7 @@ def test_missing_binaries_skip_locally_but_fail_under_ci(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(cluster_fixtures, "find_pg_bin_dir", lambda: None)
+    monkeypatch.delenv(cluster_fixtures.BINDIR_ENV, raising=False)
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception):
         cluster_fixtures.require_pg_bin_dir()
@@ -119,7 +118,6 @@ def test_quoting() -> None:
 # -- the shared session cluster ----------------------------------------------
 
 
-@integration
 def test_select_one_over_tcp_as_alice(pg_cluster: PgCluster) -> None:
     with connect(pg_cluster, "alice") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -128,7 +126,6 @@ def test_select_one_over_tcp_as_alice(pg_cluster: PgCluster) -> None:
         assert conn.info.user == "alice"
 
 
-@integration
 def test_session_cluster_has_app_database_and_roles(pg_cluster: PgCluster) -> None:
     for role in ("alice", "bob", "app_user"):
         assert scalar(pg_cluster, "SELECT current_user", role, "app") == role
@@ -136,7 +133,6 @@ def test_session_cluster_has_app_database_and_roles(pg_cluster: PgCluster) -> No
     assert owner == "app_user"
 
 
-@integration
 def test_create_user_and_database(pg_cluster: PgCluster) -> None:
     user = f"u_{uuid.uuid4().hex[:8]}"
     db = f"db_{uuid.uuid4().hex[:8]}"
@@ -148,7 +144,6 @@ def test_create_user_and_database(pg_cluster: PgCluster) -> None:
     assert stored.startswith("SCRAM-SHA-256$")
 
 
-@integration
 def test_psql_reports_errors(pg_cluster: PgCluster) -> None:
     with pytest.raises(ClusterError, match="no_such_table"):
         pg_cluster.psql("SELECT * FROM no_such_table")
@@ -158,7 +153,6 @@ def test_psql_reports_errors(pg_cluster: PgCluster) -> None:
 # -- private clusters --------------------------------------------------------
 
 
-@integration
 def test_hba_rewrite_and_reload_refuses_user(pg_cluster_factory: ClusterFactory) -> None:
     cluster = pg_cluster_factory()
     for role in ("alice", "bob"):
@@ -178,7 +172,6 @@ def test_hba_rewrite_and_reload_refuses_user(pg_cluster_factory: ClusterFactory)
     assert scalar(cluster, "SELECT 1", "alice") == 1
 
 
-@integration
 def test_reload_rejects_broken_hba(pg_cluster_factory: ClusterFactory) -> None:
     cluster = pg_cluster_factory()
     cluster.write_hba(["local all all trust", "hots all all 127.0.0.1/32 trust"])
@@ -186,7 +179,6 @@ def test_reload_rejects_broken_hba(pg_cluster_factory: ClusterFactory) -> None:
         cluster.reload()
 
 
-@integration
 def test_settings_apply_on_reload(pg_cluster_factory: ClusterFactory) -> None:
     cluster = pg_cluster_factory(settings={"work_mem": "8MB"})
     assert cluster.psql("SHOW work_mem") == "8MB"
@@ -196,7 +188,6 @@ def test_settings_apply_on_reload(pg_cluster_factory: ClusterFactory) -> None:
     assert cluster.psql("SHOW work_mem") == "16MB"
 
 
-@integration
 def test_stop_and_start(pg_cluster_factory: ClusterFactory) -> None:
     cluster = pg_cluster_factory()
     cluster.create_user("alice")
@@ -212,7 +203,6 @@ def test_stop_and_start(pg_cluster_factory: ClusterFactory) -> None:
     assert scalar(cluster, "SELECT 1", "alice") == 1
 
 
-@integration
 def test_kill_then_start_recovers(pg_cluster_factory: ClusterFactory) -> None:
     cluster = pg_cluster_factory()
     cluster.psql("SET synchronous_commit = on; CREATE TABLE t (v int); INSERT INTO t VALUES (42);")
@@ -223,7 +213,6 @@ def test_kill_then_start_recovers(pg_cluster_factory: ClusterFactory) -> None:
     assert cluster.psql("SELECT v FROM t") == "42"
 
 
-@integration
 def test_start_retries_when_port_is_taken(
     pg_bin_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -242,7 +231,6 @@ def test_start_retries_when_port_is_taken(
             assert cluster.psql("SHOW port") == str(cluster.port)
 
 
-@integration
 def test_cleanup_removes_directory(pg_cluster_factory: ClusterFactory) -> None:
     cluster = pg_cluster_factory()
     base, port = cluster.base_dir, cluster.port
@@ -254,7 +242,6 @@ def test_cleanup_removes_directory(pg_cluster_factory: ClusterFactory) -> None:
     cluster.cleanup()  # idempotent
 
 
-@integration
 def test_given_base_dir_is_left_in_place(pg_bin_dir: Path) -> None:
     base = Path(tempfile.mkdtemp(prefix="pgcluster-given-"))
     try:
@@ -283,7 +270,6 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@integration
 def test_install_file_lets_the_server_use_tls(
     pg_cluster_factory: ClusterFactory, tmp_path: Path
 ) -> None:

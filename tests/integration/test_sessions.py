@@ -25,18 +25,12 @@ from tests.fixtures.clients import (
     startup_packet,
 )
 from tests.fixtures.pki import PKIFiles
+from tests.fixtures.polling import wait_for
 from tests.fixtures.proxy import ProxyFactory, RunningProxy
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------------ routing
