@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pgtls_proxy import cli
 from pgtls_proxy.config import ConfigError, Rule, build_config
@@ -174,8 +177,6 @@ def test_check_reports_the_unsupported_pattern(
         "backends": BACKENDS,
         "rules": [{"identity": "alice", "user": "alice"}, {"identity": pattern, "user": "bob"}],
     }
-    import yaml
-
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(data))
     assert cli.main(["check", "--config", str(path)]) == 1
@@ -184,6 +185,29 @@ def test_check_reports_the_unsupported_pattern(
         line.startswith(f"error: rules[1].identity: is not a valid regex: {reason}")
         for line in lines
     ), lines
+
+
+def test_run_exits_2_naming_the_rule(tmp_path: Path) -> None:
+    data = {
+        "tls": TLS,
+        "backends": BACKENDS,
+        "rules": [{"identity": "alice", "user": "alice"}, {"identity": "/(?=a)a/", "user": "a"}],
+    }
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = subprocess.run(
+        [sys.executable, "-m", "pgtls_proxy", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        "pgtls-proxy: configuration error: rules[1].identity: is not a valid regex:"
+        " invalid perl operator: (?= (the RE2 dialect has no backreferences, lookahead,"
+        " lookbehind, atomic groups or possessive quantifiers)"
+    ]
 
 
 def test_group_reference_beyond_the_groups_is_still_refused() -> None:
