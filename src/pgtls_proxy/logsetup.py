@@ -298,10 +298,11 @@ def route_process_output() -> None:
 
 # ---------------------------------------------------------------- workers
 
-# The longest line a worker may write before the relay cuts it: an audit
-# record quotes at most one certificate (OpenSSL's 100 KiB list limit) and a
-# startup packet (10 KiB), escaped.
-MAX_RELAYED_LINE = 1 << 20
+# The longest line a worker may write before the relay cuts it (a longer one
+# arrives as several wrapped records): an audit record quotes at most one
+# certificate (OpenSSL's 100 KiB list limit) in two or three fields and a
+# startup packet (10 KiB), each character escaped to at most 12 bytes.
+MAX_RELAYED_LINE = 4 << 20
 _relay_log = logging.getLogger(f"{LOGGER_NAME}.supervisor")
 
 
