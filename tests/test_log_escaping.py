@@ -271,6 +271,15 @@ def test_python_output_goes_through_the_formatter(fmt: str) -> None:
         Bad(); gc.collect()
         import logging
         logging.getLogger("some.library").warning("other library\\n{FORGED}")
+        import sys, traceback
+        print("printed\\n{FORGED}", file=sys.stderr)
+        try:
+            1 / 0
+        except ZeroDivisionError as exc:
+            traceback.print_exception(exc)
+        setup_logging("info", {fmt!r})  # again: still the real stream, no loop
+        print("partial line, no newline", file=sys.stderr, end="")
+        sys.stderr.flush()
         raise SystemError("the end\\n{FORGED}")
         """
     )
@@ -292,6 +301,14 @@ def test_python_output_goes_through_the_formatter(fmt: str) -> None:
             if TEXT_RECORD.match(line):
                 seen.append(line)
     text = "\n".join(seen)
-    for needle in ["a warning", "uncaught exception in thread", "__del__", "other library"]:
+    for needle in [
+        "a warning",
+        "uncaught exception in thread",
+        "__del__",
+        "other library",
+        "stderr: printed",
+        "stderr: ZeroDivisionError",
+        "stderr: partial line, no newline",
+    ]:
         assert needle in text, (needle, out.stderr)
     assert "uncaught exception" in seen[-1]

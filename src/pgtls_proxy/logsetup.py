@@ -16,6 +16,7 @@ and :func:`relay_worker_output` does the same for what workers write.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -201,7 +202,8 @@ def setup_logging(
     root = logging.getLogger()
     if _handler is not None and _handler in root.handlers:
         root.removeHandler(_handler)
-    handler = _Handler(stream or sys.stderr, fmt)
+    real = sys.stderr._real if isinstance(sys.stderr, _StderrRecords) else sys.stderr
+    handler = _Handler(stream or real, fmt)
     if worker is not None:
         handler.addFilter(_WorkerStamp(worker))
     logger.addHandler(handler)
@@ -268,6 +270,49 @@ class _TrimWarning(logging.Filter):
         return True
 
 
+class _StderrRecords(io.TextIOBase):
+    """``sys.stderr`` for code that prints to it: each line becomes a record.
+
+    Libraries print to ``sys.stderr`` on rare paths (trio, for one, prints
+    a traceback when it fails to deliver a thread's result). The handler
+    keeps the real stream, so records never come back here. ``fileno`` is
+    the real one, for code (``faulthandler``) that writes to the descriptor.
+    """
+
+    def __init__(self, real: TextIO) -> None:
+        super().__init__()
+        self._real = real
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._real.encoding
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+        for line in lines:
+            _stderr_log.error("P: stderr: %s", line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            line, self._partial = self._partial, ""
+        if line:
+            _stderr_log.error("P: stderr: %s", line)
+
+
+_stderr_log = logging.getLogger(f"{LOGGER_NAME}.stderr")
+
+
 def route_process_output() -> None:
     """Send what Python would print to stderr through the configured formatter.
 
@@ -277,7 +322,12 @@ def route_process_output() -> None:
       at level WARNING, so other libraries' records (and logging's own
       last-resort output) take the same form;
     - ``sys.excepthook``, ``threading.excepthook`` and ``sys.unraisablehook``
-      log the exception, its traceback on continuation lines.
+      log the exception, its traceback on continuation lines;
+    - whatever else is printed to ``sys.stderr`` becomes one record a line.
+
+    Only what bypasses Python's ``sys.stderr`` (a fatal interpreter error,
+    ``faulthandler``, a C library) reaches the descriptor unformatted; in a
+    worker the supervisor's relay wraps even that.
 
     Called by ``run`` after :func:`setup_logging`; tests that configure
     logging in-process leave Python's own hooks to pytest.
@@ -294,6 +344,8 @@ def route_process_output() -> None:
     sys.excepthook = _excepthook
     threading.excepthook = _thread_excepthook
     sys.unraisablehook = _unraisablehook
+    if not isinstance(sys.stderr, _StderrRecords) and sys.stderr is not None:
+        sys.stderr = _StderrRecords(sys.stderr)
 
 
 # ---------------------------------------------------------------- workers
