@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,11 +295,7 @@ def rule_with_unknown_backend(case: Case) -> list[str]:
 
 def regex_that_does_not_compile(case: Case) -> list[str]:
     case.data["rules"][2]["identity"] = "/(carol/"
-    try:
-        re.compile("(carol")
-    except re.error as exc:
-        return [f"error: rules[2].identity: is not a valid regex: {exc}"]
-    raise AssertionError("the regex compiled")
+    return ["error: rules[2].identity: is not a valid regex: missing ): (carol"]
 
 
 def shadowed_rule(case: Case) -> list[str]:

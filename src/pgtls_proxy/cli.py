@@ -11,9 +11,18 @@ import trio
 
 from pgtls_proxy import __version__
 from pgtls_proxy.config import Config, ConfigError, default_config_path, load_config
-from pgtls_proxy.logsetup import LOGGER_NAME, setup_logging
+from pgtls_proxy.logsetup import LOGGER_NAME, escape, route_process_output, setup_logging
 from pgtls_proxy.pki import commands as pki_commands
 from pgtls_proxy.pki.contexts import TLSConfigError
+
+
+def _stop(reason: str) -> int:
+    """Exit 2 with a one-line reason: a log record once logging is set up, else plain text."""
+    if logging.getLogger(LOGGER_NAME).handlers:
+        logging.getLogger(LOGGER_NAME).error("pgtls-proxy: %s", reason)
+    else:
+        print(f"pgtls-proxy: {escape(reason)}", file=sys.stderr)
+    return 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -28,6 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             config.logging.format,
             worker=role.worker_id if role is not None else None,
         )
+        route_process_output()
         if role is None:  # workers inherit the raised limit
             _raise_descriptor_limit(config)
         if role is None and config.workers > 1:
@@ -37,16 +47,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return run_supervisor(config, config.workers)
         proxy = Proxy(config, role=role)
     except (ConfigError, TLSConfigError) as exc:
-        print(f"pgtls-proxy: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _stop(f"configuration error: {exc}")
     except OSError as exc:
-        print(f"pgtls-proxy: cannot start: {exc}", file=sys.stderr)
-        return 2
+        return _stop(f"cannot start: {exc}")
     try:
         trio.run(proxy.run)
     except OSError as exc:
-        print(f"pgtls-proxy: cannot listen: {exc}", file=sys.stderr)
-        return 2
+        return _stop(f"cannot listen: {exc}")
     except KeyboardInterrupt:
         return 0
     return 0

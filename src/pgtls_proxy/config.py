@@ -11,13 +11,14 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from pgtls_proxy.pki.rules import IdentityPattern, PatternError, check_template, compile_identity
 
 DEFAULT_CONFIG_PATH = "/etc/pgtls-proxy/pgtls-proxy.yaml"
 IDENTITY_FIELDS = ("cn", "san_dns", "san_email", "san_uri", "subject")
@@ -82,7 +83,7 @@ class Rule:
 
     index: int
     identity: str
-    identity_regex: re.Pattern[str] | None
+    identity_regex: IdentityPattern | None
     user: str | None
     databases: tuple[str, ...]
     sources: tuple[IPNetwork, ...]
@@ -377,9 +378,6 @@ def _network(value: Any, key: str) -> IPNetwork:
         raise ConfigError(key, f"is not an address or CIDR: {text!r}") from None
 
 
-_GROUP_REF = re.compile(r"\\([1-9])")
-
-
 def _rules(value: Any, backends: Mapping[str, BackendSettings]) -> tuple[Rule, ...]:
     if value is None:
         return ()
@@ -393,24 +391,19 @@ def _rules(value: Any, backends: Mapping[str, BackendSettings]) -> tuple[Rule, .
         if "identity" not in data:
             raise ConfigError(f"{key}.identity", "is required")
         identity = _str(data["identity"], f"{key}.identity")
-        regex: re.Pattern[str] | None = None
-        if len(identity) >= 2 and identity.startswith("/") and identity.endswith("/"):
-            try:
-                regex = re.compile(identity[1:-1])
-            except re.error as exc:
-                raise ConfigError(f"{key}.identity", f"is not a valid regex: {exc}") from None
+        try:
+            regex = compile_identity(identity)
+        except PatternError as exc:
+            raise ConfigError(f"{key}.identity", str(exc)) from None
         action = _choice(data.get("action", "allow"), f"{key}.action", ("allow", "reject"))
         user = _optional(data.get("user"), f"{key}.user", _str)
         if action == "allow" and user is None:
             raise ConfigError(f"{key}.user", "is required for an allow rule")
         if user is not None:
-            groups = regex.groups if regex is not None else 0
-            for ref in _GROUP_REF.findall(user):
-                if int(ref) > groups:
-                    raise ConfigError(
-                        f"{key}.user",
-                        f"refers to group \\{ref} but the identity has {groups} group(s)",
-                    )
+            try:
+                check_template(user, regex.groups if regex is not None else 0)
+            except PatternError as exc:
+                raise ConfigError(f"{key}.user", str(exc)) from None
         backend = _optional(data.get("backend"), f"{key}.backend", _str)
         if backend is not None and backend not in backends:
             raise ConfigError(f"{key}.backend", f"names an unknown backend {backend!r}")

@@ -31,7 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from pgtls_proxy.admin import serve_admin
 from pgtls_proxy.config import Config, ConfigError, HostPort, load_config
-from pgtls_proxy.logsetup import LOGGER_NAME
+from pgtls_proxy.logsetup import LOGGER_NAME, LineSplitter, relay_worker_output
 from pgtls_proxy.metrics import MULTIPROC_ENV
 from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.runtime import build_state
@@ -157,8 +157,15 @@ class Supervisor:
         argv = [sys.executable, "-m", "pgtls_proxy", "run", "--config", str(self.config.source)]
         while True:
             process = await trio.lowlevel.open_process(
-                argv, env=self._env(worker), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+                argv,
+                env=self._env(worker),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
             )
+            assert process.stderr is not None and self._nursery is not None
+            # Outlives this loop turn: a replaced worker still logs while it drains.
+            self._nursery.start_soon(self._relay_stderr, worker.worker_id, process.stderr)
             self._live.add(process)
             worker.process = process
             worker.ready = False
@@ -204,6 +211,22 @@ class Supervisor:
                 process.returncode,
             )
             await trio.sleep(_RESTART_DELAY)
+
+    async def _relay_stderr(self, worker_id: int, stderr: trio.abc.ReceiveStream) -> None:
+        """Copy a worker's stderr to ours line by line, through the log formatter.
+
+        Workers do not share the operator's stderr: a line longer than a
+        pipe's atomic write (4 KiB) written by two workers at once would
+        interleave, and output that did not come from the worker's formatter
+        (an interpreter crash, a C library) would break the log's format.
+        """
+        splitter = LineSplitter()
+        async with stderr:
+            async for chunk in stderr:
+                for line in splitter.feed(chunk):
+                    relay_worker_output(worker_id, line)
+        for line in splitter.close():
+            relay_worker_output(worker_id, line)
 
     async def _reap(self, process: trio.Process) -> None:
         await process.wait()

@@ -4,6 +4,14 @@ A pure function of the configured rules and one connection's facts, so the
 whole policy can be tested from tables, like PostgreSQL's pg_hba/pg_ident.
 Rules are tried in order and, within a rule, the certificate's identity
 entries in certificate order; the first (rule, entry) that matches decides.
+
+``/regex/`` identities are compiled here too, with RE2 (``google-re2``): its
+automaton runs in time linear in the identity's length whatever the pattern,
+so no certificate can make a rule like ``/(a+)+$/`` backtrack for seconds
+while the worker's event loop (and every open session on it) waits. RE2 is
+Python ``re`` without the constructs that need backtracking
+(backreferences, lookaround, atomic groups, possessive quantifiers); such a
+pattern is a configuration error, never a fallback to ``re``.
 """
 
 from __future__ import annotations
@@ -11,15 +19,31 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-from pgtls_proxy.config import BackendSettings, Rule
+import re2
+
+if TYPE_CHECKING:
+    from pgtls_proxy.config import BackendSettings, Rule
 
 SourceAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DenyReason = Literal["no_rule", "reject_rule", "user_mismatch"]
 
 _GROUP_REF = re.compile(r"\\([1-9])")
+# The identity entries of one certificate (``identity.field``) add up to at
+# most this many characters, or the certificate matches no rule. Real ones
+# are far shorter (a CN at most 64, a DNS name 253, an e-mail address 254,
+# a SPIFFE ID 2048 bytes); the bound keeps what a hostile certificate costs
+# the rules small: RE2 decides in linear time, but finding the groups of a
+# match costs (length x pattern size), about 4 ms per KiB for /(.*a){20}/.
+MAX_IDENTITY_CHARS = 4096
+# RE2's reasons for the Python re constructs it leaves out on purpose.
+_UNSUPPORTED = ("invalid perl operator", "invalid escape sequence", "bad repetition operator")
+_UNSUPPORTED_HINT = (
+    " (the RE2 dialect has no backreferences, lookahead, lookbehind,"
+    " atomic groups or possessive quantifiers)"
+)
 # Client-facing messages quote values from the certificate and the startup
 # packet; keep them printable and bounded so they cannot break a log line.
 _MAX_SHOWN = 256
@@ -48,7 +72,97 @@ class Deny:
 Decision = Allow | Deny
 
 
-def substitute(template: str, match: re.Match[str] | None) -> str:
+class PatternError(ValueError):
+    """A ``/regex/`` identity or a ``user`` template the rules cannot use."""
+
+
+def _options(capture: bool) -> re2.Options:
+    options = re2.Options()
+    # RE2 would otherwise print its parse errors to stderr itself (through
+    # absl logging), outside the log format; the caller gets the error anyway.
+    options.log_errors = False
+    options.never_capture = not capture
+    return options
+
+
+_DECIDE = _options(capture=False)
+_CAPTURE = _options(capture=True)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPattern:
+    """A ``/regex/`` identity compiled by RE2, twice.
+
+    Deciding whether an identity matches runs RE2's DFA, a single pass over
+    the text. Finding the groups needs its slower NFA, whose cost grows with
+    the pattern's size as well; so groups are computed only for a match,
+    and only when a ``user`` template asks for them (:class:`IdentityMatch`).
+    Equal when the pattern text is, like ``re.Pattern``.
+    """
+
+    pattern: str
+    decide: re2._Regexp[str] = field(compare=False, repr=False)
+    capture: re2._Regexp[str] = field(compare=False, repr=False)
+
+    @property
+    def groups(self) -> int:
+        return self.capture.groups
+
+    def fullmatch(self, text: str) -> IdentityMatch | None:
+        """The whole of ``text`` matches (``re.fullmatch``), or None."""
+        if self.decide.fullmatch(text) is None:
+            return None
+        return IdentityMatch(self, text)
+
+
+class IdentityMatch:
+    """A match whose groups are found on first use."""
+
+    __slots__ = ("_found", "re", "string")
+
+    def __init__(self, pattern: IdentityPattern, text: str) -> None:
+        self.re = pattern
+        self.string = text
+        self._found: tuple[str | None, ...] | None = None
+
+    def group(self, n: int = 0) -> str | None:
+        """Group ``n`` as ``re.Match.group`` gives it (None: it took no part)."""
+        if self._found is None:
+            found = self.re.capture.fullmatch(self.string)
+            assert found is not None, "the deciding and the capturing program disagree"
+            self._found = tuple(found.group(i) for i in range(self.re.groups + 1))
+        return self._found[n]
+
+
+def compile_identity(identity: str) -> IdentityPattern | None:
+    r"""The compiled pattern of a ``/regex/`` identity, or None for a literal one.
+
+    Raises :class:`PatternError` for a pattern RE2 cannot compile, with
+    RE2's reason (for instance ``invalid escape sequence: \1``).
+    """
+    if not (len(identity) >= 2 and identity.startswith("/") and identity.endswith("/")):
+        return None
+    pattern = identity[1:-1]
+    try:
+        return IdentityPattern(
+            pattern, re2.compile(pattern, _DECIDE), re2.compile(pattern, _CAPTURE)
+        )
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        hint = _UNSUPPORTED_HINT if str(reason).startswith(_UNSUPPORTED) else ""
+        raise PatternError(f"is not a valid regex: {reason}{hint}") from None
+
+
+def check_template(user: str, groups: int) -> None:
+    r"""Raise :class:`PatternError` when ``user`` names a group (``\N``) the identity lacks."""
+    for ref in _GROUP_REF.findall(user):
+        if int(ref) > groups:
+            raise PatternError(f"refers to group \\{ref} but the identity has {groups} group(s)")
+
+
+def substitute(template: str, match: IdentityMatch | re.Match[str] | None) -> str:
     r"""Replace ``\1``..``\9`` with the match's groups, as pg_ident does.
 
     A group that did not take part in the match becomes empty. Without a
@@ -62,7 +176,9 @@ def substitute(template: str, match: re.Match[str] | None) -> str:
         n = int(ref.group(1))
         if n > groups:
             return ref.group(0)
-        return match.group(n) or ""
+        # RE2, like re, gives None for a group that did not take part.
+        value: str | None = match.group(n)
+        return value or ""
 
     return _GROUP_REF.sub(replace, template)
 
@@ -82,7 +198,7 @@ def _database_matches(rule: Rule, database: str) -> bool:
     return "*" in rule.databases or database in rule.databases
 
 
-def _identity_match(rule: Rule, entry: str) -> tuple[bool, re.Match[str] | None]:
+def _identity_match(rule: Rule, entry: str) -> tuple[bool, IdentityMatch | re.Match[str] | None]:
     if rule.identity_regex is not None:
         m = rule.identity_regex.fullmatch(entry)
         return m is not None, m
@@ -126,8 +242,12 @@ def evaluate(
     ``identities`` are the values of the configured certificate field, in
     certificate order (one for ``cn``/``subject``, any number for ``san_*``).
     ``on_user_mismatch`` other than ``"rewrite"`` behaves as ``"reject"``, so an
-    unexpected value fails closed.
+    unexpected value fails closed. Identities that add up to more than
+    ``MAX_IDENTITY_CHARS`` characters match no rule.
     """
+    if sum(len(entry) for entry in identities) > MAX_IDENTITY_CHARS:
+        # Longer than any real identity: fail closed before any pattern runs.
+        return Deny("no_rule", None, denial_message(identities, user, database))
     rewrite = on_user_mismatch == "rewrite"
     mismatched = False
     for rule in rules:
