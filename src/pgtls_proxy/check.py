@@ -269,7 +269,11 @@ def _signers(item: LoadedCRL, cas: Sequence[x509.Certificate]) -> list[x509.Cert
 def _check_crls(
     tls: TLSSettings, cas: Sequence[x509.Certificate], now: datetime, found: Findings
 ) -> None:
-    """Every CRL loads and verifies; strict mode has a current CRL from every CA."""
+    """Every CRL loads and verifies; strict mode has a current CRL from every CA.
+
+    Two CRLs of one CA: the proxy enforces the newer and ignores the older
+    as broken (CRLs only move forward), so the older is an error here too.
+    """
     if tls.revocation == "off":
         return
     checker = load_revocation(tls, cas)
@@ -282,7 +286,8 @@ def _check_crls(
             found.warning(
                 item.source.key,
                 f"{item.source.path}: cannot verify the CRL of {item.issuer}: that CA is not"
-                " in tls.client_ca_file",
+                " in tls.client_ca_file, so an older copy of this CRL would not be refused"
+                " either; add the CA there",
             )
         if any(ca.serial_number in item.revoked_serials for ca in _signers(item, cas)):
             # Measured with OpenSSL 3: strict also looks the trust anchor up in
@@ -305,7 +310,7 @@ def _check_crls(
                 f" {item.next_update:%Y-%m-%d %H:%M} UTC (nextUpdate); re-sign it"
                 " (pgtls-proxy pki crl)",
             )
-    if checker.problems:
+    if any(not problem.older for problem in checker.problems):
         return  # a CA without a CRL is most likely the one whose file just failed
     for ca in checker.issuers_without_crl():
         if strict:

@@ -159,7 +159,8 @@ class Metrics:
         )
         self.crl_load_errors = Counter(
             "pgtls_crl_load_errors_total",
-            "CRL files that failed to load or verify (the previous CRL stays in force).",
+            "CRL files that failed to load or verify, or held a CRL older than the one in"
+            " force (the previous CRL stays in force).",
             registry=r,
         )
         self.file_reloads = Counter(

@@ -88,12 +88,18 @@ class TLSFiles:
         """
         self._built = snapshot(config)
         self._pending = None
-        state = build_state(config, self.crls)
+        try:
+            state = build_state(config, self.crls)
+        except BaseException:
+            self.crls.forget_reports()  # nothing was logged: say it at the next build
+            raise
         self._report(state)
         return state
 
     def _report(self, state: TLSState) -> None:
         for problem in state.revocation.problems:
+            if problem.repeated:
+                continue  # an older CRL reported by an earlier build, unchanged since
             _log.error("P: CRL %s: %s", problem.source.key, problem)
             if self.metrics is not None and self.count_errors:
                 self.metrics.crl_load_errors.inc()

@@ -218,7 +218,13 @@ def test_refused_handshakes_are_logged_with_the_certificate(
             ctx.wrap_socket(raw, server_hostname="localhost").recv(1)
     handshakes(proxy, "revoked", 2)
     serial = format(chain_pki.serial("alice-revoked"), "x")
-    lines = [line for line in log.getvalue().splitlines() if "handshake refused" in line]
+
+    def refused_lines() -> list[str]:
+        return [line for line in log.getvalue().splitlines() if "handshake refused" in line]
+
+    # The proxy counts a refusal just before it logs it: poll, do not race it.
+    eventually(lambda: len(refused_lines()) >= 2)
+    lines = refused_lines()
     assert len(lines) == 2, lines
     for line in lines:
         assert re.search(r"client=127\.0\.0\.1:\d+", line), line

@@ -84,10 +84,10 @@ def _base_server_context(tls: TLSSettings, passphrase: bytes | None) -> ssl.SSLC
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[tls.min_version]
     # No renegotiation (TLS 1.2 client-initiated renegotiation is a DoS and a
-    # source of confusion), no compression (CRIME), no session tickets: a
-    # database connection lives long and the tickets cost memory and CPU.
-    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET
+    # source of confusion), no compression (CRIME).
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    disable_resumption(ctx)
     if tls.ciphers:
         try:
             ctx.set_ciphers(tls.ciphers)
@@ -110,6 +110,34 @@ def _base_server_context(tls: TLSSettings, passphrase: bytes | None) -> ssl.SSLC
         raise _unreadable(tls, exc) from None
     ctx.set_alpn_protocols([ALPN_POSTGRESQL])
     return ctx
+
+
+def disable_resumption(ctx: ssl.SSLContext) -> None:
+    """No session resumption and no server-side session cache, for TLS 1.2 and 1.3.
+
+    Resumption must stay off: a resumed session skips the verification of
+    the client's certificate, so a certificate revoked since (or a CRL
+    changed since) would not be looked at again. A database connection lives
+    long, so a full handshake per connection costs little.
+
+    Python's ``ssl`` cannot call ``SSL_CTX_set_session_cache_mode``, and
+    either setting alone is not enough (measured with OpenSSL 3.0):
+
+    * ``OP_NO_TICKET`` alone stops TLS 1.2 tickets, but under TLS 1.3 it makes
+      OpenSSL issue stateful tickets: every session goes into the server's
+      cache (up to 20,480 of them, about 11 KB each), none is ever resumed.
+    * ``num_tickets = 0`` alone stops TLS 1.3 tickets, but TLS 1.2 clients
+      still get stateless tickets and resume with them.
+
+    Together no ticket is issued in either version and nothing is cached
+    (``session_stats()["number"]`` stays 0). TLS 1.2 session IDs are not
+    cached either: OpenSSL does not store a session that has no session id
+    context while client certificates are verified, and Python sets none.
+    ``tests/pki/test_session_cache.py`` holds all of this to account.
+    """
+    ctx.options |= ssl.OP_NO_TICKET
+    if ctx.protocol == ssl.PROTOCOL_TLS_SERVER:
+        ctx.num_tickets = 0
 
 
 def load_server_certificates(tls: TLSSettings) -> list[x509.Certificate]:

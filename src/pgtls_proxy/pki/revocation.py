@@ -24,6 +24,27 @@ OpenSSL in strict mode and below in lenient mode.
 
 A file that fails to read, parse or verify keeps the CRLs it held the last
 time it loaded, so an operator's half-written file never lifts revocations.
+
+CRLs only move forward. Anyone who can write a CRL file could otherwise copy
+an older CRL, validly signed by the same CA, over the current one and lift
+the revocations made since. So the loader remembers, for each CA whose
+signature it verified, the newest CRL this process has loaded (its high-water
+mark, across reloads, rewrites and files that go away and come back), and
+only a newer CRL replaces it: a higher cRLNumber, or a later thisUpdate when
+either CRL has no number or both have the same one. An older CRL is a broken
+CRL: it is ignored, the newer one stays in force, and the problem is
+reported once per change. Two CRLs of one CA at once (``crl_files`` and
+``crl_dir``, two files in ``crl_dir``) are ordered the same way. A CA with no
+CRL file left has no CRL (removing a file is an operator's decision that
+strict mode turns into a refusal), but a file that comes back cannot bring
+an older CRL with it.
+
+The memory is the process's: a freshly started process takes the CRLs it
+finds. Strict mode bounds what an old file can do then, because a CRL past
+its ``nextUpdate`` is refused (docs/revoking-a-client.md). CRLs whose issuer
+is not in ``tls.client_ca_file`` cannot be ordered at load time (a forged one
+would look newer), so they keep the behaviour above; ``check`` warns about
+them.
 """
 
 from __future__ import annotations
@@ -70,6 +91,20 @@ class LoadedCRL:
     last_update: datetime
     next_update: datetime | None
     revoked_serials: frozenset[int]
+    # The cRLNumber extension; None when the CRL has none.
+    number: int | None = None
+
+    @property
+    def order_key(self) -> tuple[x509.Name, bytes] | None:
+        """The CA whose CRLs are ordered against each other; None when unverified."""
+        if self.signer_key is None:
+            return None
+        return (self.crl.issuer, self.signer_key)
+
+    def describe(self) -> str:
+        """Number and date, for messages that compare two CRLs."""
+        number = "no cRLNumber" if self.number is None else f"cRLNumber {self.number}"
+        return f"{number}, thisUpdate {self.last_update:%Y-%m-%d %H:%M:%S} UTC"
 
     def is_current(self, now: datetime) -> bool:
         """Inside its validity: issued already, and ``nextUpdate`` not yet reached."""
@@ -80,11 +115,19 @@ class LoadedCRL:
 
 @dataclass(frozen=True, slots=True)
 class CRLProblem:
-    """A CRL file that failed to load; ``kept`` when its previous content stays."""
+    """A CRL file that failed to load; ``kept`` when its previous content stays.
+
+    ``older`` marks a CRL that loaded but is older than the one in force for
+    its CA (see the module's docstring); ``repeated`` one that this loader
+    reported already, unchanged since, so it is neither logged nor counted
+    again.
+    """
 
     source: CRLSource
     message: str
     kept: bool = False
+    older: bool = False
+    repeated: bool = False
 
     def __str__(self) -> str:
         suffix = "; the CRL loaded before from this file stays in force" if self.kept else ""
@@ -118,6 +161,29 @@ def crl_sources(tls: TLSSettings) -> list[CRLSource]:
             if not p.name.startswith(".") and p.is_file()
         )
     return sources
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    """The cRLNumber extension (RFC 5280 5.2.3), or None when the CRL has none."""
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return None
+
+
+def compare_crls(a: LoadedCRL, b: LoadedCRL) -> int | None:
+    """1 when ``a`` is newer than ``b``, -1 when older, 0 when it is the same CRL.
+
+    The cRLNumber decides when both have one and they differ (RFC 5280: it
+    increases with every CRL a CA issues); otherwise thisUpdate. None when
+    neither tells them apart but their content differs: same number, same
+    thisUpdate, different entries (a CA that re-signed without counting up).
+    """
+    if a.number is not None and b.number is not None and a.number != b.number:
+        return 1 if a.number > b.number else -1
+    if a.last_update != b.last_update:
+        return 1 if a.last_update > b.last_update else -1
+    return 0 if a.crl == b.crl else None
 
 
 def parse_crls(data: bytes) -> list[x509.CertificateRevocationList]:
@@ -185,6 +251,7 @@ def load_crl_file(source: CRLSource, cas: Sequence[x509.Certificate]) -> tuple[L
                 last_update=crl.last_update_utc,
                 next_update=crl.next_update_utc,
                 revoked_serials=frozenset(entry.serial_number for entry in crl),
+                number=crl_number(crl),
             )
         )
     return tuple(loaded)
@@ -195,11 +262,16 @@ class CRLLoader:
 
     One loader lives as long as the process, across rebuilds of the TLS
     state, so a file that turns bad keeps its previous CRLs in force. A file
-    that is no longer configured, or gone from ``crl_dir``, is forgotten.
+    that is no longer configured, or gone from ``crl_dir``, is forgotten;
+    the newest CRL of each CA is not (see the module's docstring).
     """
 
     def __init__(self) -> None:
         self._last_good: dict[Path, tuple[LoadedCRL, ...]] = {}
+        self._newest: dict[tuple[x509.Name, bytes], LoadedCRL] = {}
+        # (file, the ignored CRL's signature, the kept CRL's signature) of the
+        # older CRLs reported by the last load: reported once, not per reload.
+        self._older_reported: set[tuple[Path, bytes, bytes]] = set()
 
     def load(
         self, tls: TLSSettings, cas: Sequence[x509.Certificate]
@@ -223,7 +295,67 @@ class CRLLoader:
                 if previous is not None:
                     good[source.path] = previous
         self._last_good = good
-        return tuple(itertools.chain.from_iterable(good.values())), tuple(problems)
+        crls = self._only_forward(itertools.chain.from_iterable(good.values()), problems)
+        return crls, tuple(problems)
+
+    def forget_reports(self) -> None:
+        """Report the older CRLs of the last load again (its build failed unreported)."""
+        self._older_reported = set()
+
+    def _only_forward(
+        self, offered: Iterable[LoadedCRL], problems: list[CRLProblem]
+    ) -> tuple[LoadedCRL, ...]:
+        """One CRL per verified CA, never older than the newest one loaded before.
+
+        CRLs of unverified issuers pass through as they are. The newest
+        stays in force while any file still offers a CRL of its CA.
+        """
+        unordered: list[LoadedCRL] = []
+        by_ca: dict[tuple[x509.Name, bytes], list[LoadedCRL]] = {}
+        for item in offered:
+            key = item.order_key
+            if key is None:
+                unordered.append(item)
+            else:
+                by_ca.setdefault(key, []).append(item)
+        in_force: list[LoadedCRL] = []
+        reported: set[tuple[Path, bytes, bytes]] = set()
+        for key, items in by_ca.items():
+            best = self._newest.get(key)
+            for item in items:
+                # The same CRL again takes over too, with the file it is in now.
+                order = None if best is None else compare_crls(item, best)
+                if best is None or (order is not None and order >= 0):
+                    best = item
+            assert best is not None
+            self._newest[key] = best
+            in_force.append(best)
+            for item in items:
+                order = compare_crls(item, best)
+                if order == 0:
+                    continue  # the CRL in force, or the same CRL once more
+                memo = (item.source.path, item.crl.signature, best.crl.signature)
+                reported.add(memo)
+                problems.append(_older_problem(item, best, memo in self._older_reported))
+        self._older_reported = reported
+        return (*unordered, *in_force)
+
+
+def _older_problem(item: LoadedCRL, best: LoadedCRL, repeated: bool) -> CRLProblem:
+    same = compare_crls(item, best) is None
+    where = "" if best.source.path == item.source.path else f" from {best.source.path}"
+    what = (
+        "has the same cRLNumber and thisUpdate as, but other entries than,"
+        if same
+        else "is older than"
+    )
+    return CRLProblem(
+        item.source,
+        f"{item.source.path}: the CRL of {item.issuer} ({item.describe()}) {what} the CRL"
+        f" in force ({best.describe()}{where}); ignored, CRLs only move forward",
+        older=True,
+        repeated=repeated,
+    )
 
 
 @dataclass(slots=True)
