@@ -49,6 +49,16 @@ from pgtls_proxy.wire.messages import (
 _logger = logging.getLogger(f"{LOGGER_NAME}.session")
 TLS_RECORD_HANDSHAKE = 0x16
 
+# Backend refusals of a login that the client's own request causes, so they
+# count as the client's ``startup_error``, never in
+# ``pgtls_backend_connect_errors_total``: a database that does not exist
+# (3D000), one that accepts no connections (55000, template0), no CONNECT
+# privilege on it (42501), and startup ``options`` naming an unknown setting
+# (42704) or a bad value (22023). Refusals of the login itself (28000, 28P01:
+# a role or secret the operator configured) and capacity (53300) stay
+# backend errors: they are what an operator must hear about.
+CLIENT_CAUSED_LOGIN_ERRORS = frozenset({"3D000", "55000", "42501", "42704", "22023"})
+
 
 class _Done(Exception):
     """Ends a connection early; the outcome is already recorded."""
@@ -460,7 +470,7 @@ class Session:
             msg = f'no backend serves database "{startup.database}"'
             self.log.info("P: %s", msg)
             await self._fatal("3D000", msg)
-            raise self._fail("backend_error", msg)
+            raise self._fail("startup_error", msg)  # the client asked for it
         self.audit.backend = backend.name
         return backend, decision.user
 
@@ -483,14 +493,18 @@ class Session:
         try:
             result, extra = await run_login(stream, startup, authenticator, describe)
         except BackendLoginError as exc:
-            self.metrics.backend_connect_errors.labels(backend.name).inc()
             msg = (
                 f'{describe} refused login of user "{startup.user}": {exc.message}'
                 if exc.from_backend
                 else exc.message
             )
-            self.log.warning("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
             await self._fatal(exc.sqlstate, msg)
+            if exc.from_backend and exc.sqlstate in CLIENT_CAUSED_LOGIN_ERRORS:
+                # What the client asked for is wrong, not the backend: no alert.
+                self.log.info("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
+                raise self._fail("startup_error", msg) from None
+            self.metrics.backend_connect_errors.labels(backend.name).inc()
+            self.log.warning("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
             raise self._fail("backend_error", msg) from None
         return result, extra, authenticator
 
