@@ -613,15 +613,16 @@ class Session:
                 self.log.info("C: plaintext CancelRequest refused (limits.plaintext_cancel)")
                 self.audit.error = "plaintext cancel refused"
                 return
-        backend, error = await deliver_cancel(self.rt, request)
-        self.audit.backend = backend
-        self.audit.error = error
-        if error is None:
-            self.log.info(
-                "C: CancelRequest delivered%s", f" to backend {backend}" if backend else ""
-            )
+        outcome = await deliver_cancel(self.rt, request)
+        self.audit.backend = outcome.backend
+        self.audit.error = outcome.error
+        via = " by the worker that owns the key" if outcome.handed_off else ""
+        if outcome.result == "forwarded":
+            self.log.info("C: CancelRequest delivered%s to backend %s", via, outcome.backend)
+        elif outcome.result == "unknown_key":
+            self.log.info("C: CancelRequest dropped%s: no session has that key", via)
         else:
-            self.log.info("C: CancelRequest not delivered: %s", error)
+            self.log.info("C: CancelRequest not delivered%s: %s", via, outcome.error)
 
     # ------------------------------------------------------------ teardown
 
