@@ -65,6 +65,7 @@ def run_checks(path: str, now: datetime | None = None) -> list[str]:
         _check_crls(config.tls, cas, now, found)
     _check_rules(config, found)
     _check_backends(config, found)
+    _check_metrics(config, found)
     return found.lines
 
 
@@ -348,5 +349,51 @@ def _check_backends(config: Config, found: Findings) -> None:
             continue
         try:
             contexts.backend_context(backend.tls, prefix)
+        except TLSConfigError as exc:
+            found.failed(exc)
+
+
+# ------------------------------------------------------------------ the metrics endpoint
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name may resolve to anything
+
+
+def _check_metrics(config: Config, found: Findings) -> None:
+    """``metrics.tls`` loads; an endpoint beyond loopback without it is a warning."""
+    address = config.metrics.address
+    tls = config.metrics.tls
+    if address is None:
+        return
+    if tls is None:
+        if not _is_loopback(address.host):
+            found.warning(
+                "metrics.address",
+                f"{address} listens beyond loopback without metrics.tls: anyone who reaches"
+                " it reads the metrics; set metrics.tls (client certificates) or firewall it",
+            )
+        return
+    readable = check_secret_file(tls.key_file, "metrics.tls.key_file", found)
+    for key, path in (
+        ("metrics.tls.cert_file", tls.cert_file),
+        ("metrics.tls.client_ca_file", tls.client_ca_file),
+    ):
+        try:
+            x509.load_pem_x509_certificates(path.read_bytes())
+        except OSError as exc:
+            found.error(key, f"cannot read {path}: {exc.strerror or exc}")
+            readable = False
+        except ValueError:
+            found.error(key, f"{path} holds no PEM certificate")
+            readable = False
+    if readable:
+        try:
+            contexts.metrics_context(tls)  # the key matches the certificate
         except TLSConfigError as exc:
             found.failed(exc)

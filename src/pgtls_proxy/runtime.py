@@ -41,6 +41,8 @@ class TLSState:
     # client's certificate during it (see pki.peer).
     established_context: ssl.SSLContext | None = None
     capture: CertificateCapture | None = None
+    # The metrics endpoint's context when ``metrics.tls`` is set.
+    metrics_context: ssl.SSLContext | None = None
 
 
 def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
@@ -76,6 +78,11 @@ def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
         server_cert_not_after=server_certs[0].not_valid_after_utc,
         established_context=contexts.established_context(tls),
         capture=capture,
+        metrics_context=(
+            contexts.metrics_context(config.metrics.tls)
+            if config.metrics.tls is not None and config.metrics.address is not None
+            else None
+        ),
     )
 
 

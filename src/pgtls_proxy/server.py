@@ -240,6 +240,7 @@ class Proxy:
                         cfg.metrics.address.port,
                         self.metrics.registry,
                         self.is_ready,
+                        lambda: self.rt.state.metrics_context,
                     )
                 if self.rt.pool is not None:
                     outer.start_soon(self.rt.pool.run, lambda: self.rt.config.backends)

@@ -43,6 +43,9 @@ def watched_files(config: Config) -> list[Path]:
     paths = [tls.cert_file, tls.key_file, tls.client_ca_file]
     if tls.key_passphrase_file is not None:
         paths.append(tls.key_passphrase_file)
+    metrics_tls = config.metrics.tls
+    if metrics_tls is not None and config.metrics.address is not None:
+        paths.extend([metrics_tls.cert_file, metrics_tls.key_file, metrics_tls.client_ca_file])
     if tls.revocation != "off":
         paths.extend(source.path for source in crl_sources(tls))
     for backend in config.backends.values():
