@@ -65,7 +65,7 @@ def tls_key_readable(data: dict[str, Any], tmp: Path, pki: PKIFiles) -> list[str
     key.chmod(0o644)
     return [
         f"error: metrics.tls.key_file: {key} is readable by group or others (mode 0644);"
-        " use 0600, or 0640 with owner root"
+        " make it 0600 (or 0640 owned by root)"
     ]
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
-import stat
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from pgtls_proxy.pki.chain import build_chain, find_issuer, is_self_signed, publ
 from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.pki.revocation import LoadedCRL, load_revocation
 from pgtls_proxy.pki.shadow import shadowed_rules
+from pgtls_proxy.secretfiles import mode_problem
 
 EXPIRY_WARNING_DAYS = 30
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
@@ -75,24 +75,17 @@ def run_checks(path: str, now: datetime | None = None) -> list[str]:
 def check_secret_file(path: Path, key: str, found: Findings) -> bool:
     """A private key or passphrase must not be readable by others; False if unreadable.
 
-    PostgreSQL's rule: 0600 or stricter, or 0640 when root owns the file (so
-    a service group can read it); anything more open is refused.
+    The rule (PostgreSQL's) is the one ``run`` enforces: see
+    :mod:`pgtls_proxy.secretfiles`.
     """
     try:
-        st = path.stat()
+        path.stat()
     except OSError as exc:
         found.error(key, f"cannot read {path}: {exc.strerror or exc}")
         return False
-    mode = stat.S_IMODE(st.st_mode)
-    allowed = 0o640 if st.st_uid == 0 else 0o600
-    excess = mode & ~allowed & 0o077
-    if excess:
-        access = "readable" if excess & 0o044 else "writable"
-        found.error(
-            key,
-            f"{path} is {access} by group or others (mode {mode:04o});"
-            " use 0600, or 0640 with owner root",
-        )
+    problem = mode_problem(path)
+    if problem is not None:
+        found.error(key, problem)
     if not os.access(path, os.R_OK):
         found.error(key, f"cannot read {path}: permission denied")
         return False

@@ -13,6 +13,7 @@ from pgtls_proxy.config import ConfigError, default_config_path, load_config
 from pgtls_proxy.logsetup import setup_logging
 from pgtls_proxy.pki import commands as pki_commands
 from pgtls_proxy.pki.contexts import TLSConfigError
+from pgtls_proxy.secretfiles import InsecureFileError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -33,6 +34,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             build_state(config)  # a bad file must stop us before any worker starts
             return run_supervisor(config, config.workers)
         proxy = Proxy(config, role=role)
+    except InsecureFileError as exc:
+        # One line in a fixed shape: "pgtls-proxy: <key path>: <file> is readable …".
+        print(f"pgtls-proxy: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, TLSConfigError) as exc:
         print(f"pgtls-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
