@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,23 +18,32 @@ from pgtls_proxy.secretfiles import InsecureFileError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from pgtls_proxy.bundle import ENV_BUNDLE, Bundle, capture_from_disk
     from pgtls_proxy.server import Proxy
     from pgtls_proxy.supervisor import run_supervisor, worker_role
 
     try:
-        config = load_config(args.config)
         role = worker_role()
+        bundle = None
+        if role is not None and os.environ.get(ENV_BUNDLE) == "stdin":
+            # The supervisor's last good config and files, not what is on disk now.
+            bundle = Bundle.decode(sys.stdin.buffer.read())
+            config = bundle.parse()
+        else:
+            config = load_config(args.config)
         setup_logging(
             config.logging.level,
             config.logging.format,
             worker=role.worker_id if role is not None else None,
         )
         if role is None and config.workers > 1:
-            from pgtls_proxy.runtime import build_state
+            from pathlib import Path
 
-            build_state(config)  # a bad file must stop us before any worker starts
-            return run_supervisor(config, config.workers)
-        proxy = Proxy(config, role=role)
+            # A bad file must stop us before any worker starts; what loads
+            # is what the workers start (and restart) from.
+            bundle, state = capture_from_disk(Path(config.source or args.config))
+            return run_supervisor(state.config, config.workers, bundle, state)
+        proxy = Proxy(config, role=role, bundle=bundle)
     except InsecureFileError as exc:
         # One line in a fixed shape: "pgtls-proxy: <key path>: <file> is readable …".
         print(f"pgtls-proxy: {exc}", file=sys.stderr)

@@ -558,9 +558,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; raise ConfigError with the key path."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
+    return config_from_bytes(data, p)
+
+
+def config_from_bytes(raw: bytes, p: Path) -> Config:
+    """Validate the content of the config file ``p`` (read earlier, or kept in memory)."""
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("", f"{p}: not UTF-8 text") from None
     try:

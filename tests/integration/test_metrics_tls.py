@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import signal
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,3 +115,22 @@ def test_scrape_needs_a_client_certificate_from_the_metrics_ca(
     assert proxy.reload()
     assert refused(proxy.metrics_port, metrics_pki.ca, metrics_pki.scraper)
     assert scrape(proxy.metrics_port, metrics_pki.ca, other.scraper)[0] == 200
+
+
+def test_multi_worker_endpoint_is_guarded_too(
+    daemon_factory: Any, pki: PKIFiles, metrics_pki: MetricsPKI, tmp_path: Path
+) -> None:
+    d = daemon_factory({**metrics_pki.config(), "workers": 2})
+    d.wait_log(r"admin endpoint on https://")
+    d.wait_log("all 2 workers ready")
+    assert_guarded(d.metrics_port, metrics_pki, pki)
+    assert current_user(pki, d.port) == "alice"
+    # SIGHUP re-reads the endpoint's files in the supervisor too.
+    other = make_metrics_pki(tmp_path / "other-metrics-pki", "Other Metrics CA")
+    metrics_pki.scraper_cas.write_bytes(other.ca.read_bytes())
+    d.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while refused(d.metrics_port, metrics_pki.ca, other.scraper):
+        assert time.monotonic() < deadline, "the new scraper CA never took over"
+        time.sleep(0.1)
+    assert refused(d.metrics_port, metrics_pki.ca, metrics_pki.scraper)

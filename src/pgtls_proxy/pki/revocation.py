@@ -225,6 +225,17 @@ class CRLLoader:
         self._last_good = good
         return tuple(itertools.chain.from_iterable(good.values())), tuple(problems)
 
+    def seed(self, crls: Iterable[LoadedCRL]) -> None:
+        """Remember ``crls`` as the last good content of the files they name.
+
+        A worker started from the supervisor's copy of the files calls this,
+        so a CRL file that is broken on disk keeps that copy in force.
+        """
+        good: dict[Path, list[LoadedCRL]] = {}
+        for item in crls:
+            good.setdefault(item.source.path, []).append(item)
+        self._last_good = {path: tuple(items) for path, items in good.items()}
+
 
 @dataclass(slots=True)
 class RevocationChecker:
