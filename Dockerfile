@@ -6,7 +6,9 @@
 #   docker kill -s HUP pgtls-proxy        # reload config, certificates and CRLs
 # The process runs as uid/gid 10001: keys must be readable by it and by no one
 # else (mode 0600 owned by 10001, or 0640 owned by root with group 10001).
-# In the config, set metrics.address: "0.0.0.0:9187" to scrape from outside,
+# In the config, set metrics.address: "0.0.0.0:9187" to scrape from outside
+# (with metrics.tls, so that only scrapers with a client certificate get in;
+# the HEALTHCHECK below then needs replacing: it probes plain HTTP),
 # and workers: to the CPUs the container may use (the default counts the host's).
 
 # ---- build: the project and its dependencies as wheels

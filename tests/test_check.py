@@ -105,7 +105,7 @@ def key_readable_by_others(case: Case) -> list[str]:
     key = case.copy_key(case.pki.server_key, 0o644)
     return [
         f"error: tls.key_file: {key} is readable by group or others (mode 0644);"
-        " use 0600, or 0640 with owner root"
+        " make it 0600 (or 0640 owned by root)"
     ]
 
 
@@ -116,7 +116,7 @@ def key_group_readable(case: Case) -> list[str]:
         return []
     return [
         f"error: tls.key_file: {key} is readable by group or others (mode 0640);"
-        " use 0600, or 0640 with owner root"
+        " make it 0600 (or 0640 owned by root)"
     ]
 
 
@@ -152,7 +152,7 @@ def passphrase_readable_by_others(case: Case) -> list[str]:
     secret.chmod(0o604)
     return [
         f"error: tls.key_passphrase_file: {secret} is readable by group or others"
-        " (mode 0604); use 0600, or 0640 with owner root"
+        " (mode 0604); make it 0600 (or 0640 owned by root)"
     ]
 
 
@@ -331,7 +331,7 @@ def passwords_file_readable_by_others(case: Case) -> list[str]:
     path = _passwords(case, '"alice" "s3cret"\n', 0o644)
     return [
         f"error: backends.main.auth.passwords_file: {path} is readable by group or others"
-        " (mode 0644); use 0600, or 0640 with owner root"
+        " (mode 0644); make it 0600 (or 0640 owned by root)"
     ]
 
 

@@ -3,13 +3,17 @@
 A deliberately tiny HTTP/1.0-style responder on trio (one request per
 connection, bounded request size, short timeouts): Prometheus scrapers and
 health checkers need nothing more, and it keeps the exposition on the event
-loop without a thread. The text itself comes from prometheus-client's own
-encoder, including OpenMetrics when the scraper asks for it.
+loop without a thread. With ``metrics.tls`` it speaks HTTPS and demands a
+client certificate from its own CA (Prometheus' ``tls_config``); a failed
+handshake costs one task and closes only its own connection. The text
+itself comes from prometheus-client's own encoder, including OpenMetrics
+when the scraper asks for it.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 
 import trio
@@ -52,13 +56,22 @@ def render(
 
 
 async def _handle(
-    stream: trio.SocketStream, registry: CollectorRegistry, is_ready: Callable[[], bool]
+    stream: trio.SocketStream,
+    registry: CollectorRegistry,
+    is_ready: Callable[[], bool],
+    context: ssl.SSLContext | None = None,
 ) -> None:
+    """One request, all within 5 s (TLS handshake included), then close."""
+    conn: trio.abc.Stream = stream
     try:
         with trio.move_on_after(5):
+            if context is not None:
+                tls = trio.SSLStream(stream, context, server_side=True)
+                conn = tls
+                await tls.do_handshake()  # no client certificate from the CA: refused here
             data = b""
             while b"\r\n\r\n" not in data and len(data) < _MAX_REQUEST:
-                chunk = await stream.receive_some(4096)
+                chunk = await conn.receive_some(4096)
                 if not chunk:
                     break
                 data += chunk
@@ -66,17 +79,22 @@ async def _handle(
             lines = head.split("\r\n")
             parts = lines[0].split(" ")
             if len(parts) < 2:
-                await stream.send_all(_response("400 Bad Request", b"bad request\n"))
+                await conn.send_all(_response("400 Bad Request", b"bad request\n"))
                 return
             accept = ""
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 if name.strip().lower() == "accept":
                     accept = value.strip()
-            await stream.send_all(render(parts[1], accept, registry, is_ready, parts[0]))
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
+            await conn.send_all(render(parts[1], accept, registry, is_ready, parts[0]))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        if context is not None:
+            _log.debug("P: admin request over TLS failed: %s", exc.__cause__ or exc)
     finally:
+        # A cancelled aclose still closes the socket; the bound keeps a
+        # peer that never reads from holding the close_notify up.
+        with trio.move_on_after(1):
+            await conn.aclose()
         await stream.aclose()
 
 
@@ -85,16 +103,23 @@ async def serve_admin(
     port: int,
     registry: CollectorRegistry,
     is_ready: Callable[[], bool],
+    context: Callable[[], ssl.SSLContext | None] | None = None,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; reports the bound port through ``task_status``."""
+    """Serve until cancelled; reports the bound port through ``task_status``.
+
+    ``context`` gives the TLS context for each new connection (``metrics.tls``,
+    rebuilt on reload), or None to serve plain HTTP.
+    """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    _log.info("P: admin endpoint on http://%s:%d/metrics", host, bound)
+    scheme = "https" if context is not None and context() is not None else "http"
+    where = f"[{host}]" if ":" in host else host
+    _log.info("P: admin endpoint on %s://%s:%d/metrics", scheme, where, bound)
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _handle(stream, registry, is_ready)
+        await _handle(stream, registry, is_ready, context() if context is not None else None)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handler, listeners)

@@ -17,7 +17,6 @@ import ipaddress
 import os
 import resource
 import ssl
-import stat
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from pgtls_proxy.pki.chain import build_chain, find_issuer, is_self_signed, publ
 from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.pki.revocation import LoadedCRL, load_revocation
 from pgtls_proxy.pki.shadow import shadowed_rules
+from pgtls_proxy.secretfiles import mode_problem
 
 EXPIRY_WARNING_DAYS = 30
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
@@ -68,6 +68,7 @@ def run_checks(path: str, now: datetime | None = None) -> list[str]:
     _check_rules(config, found)
     _check_backends(config, found)
     _check_descriptors(config, found)
+    _check_metrics(config, found)
     return found.lines
 
 
@@ -88,24 +89,17 @@ def _check_descriptors(config: Config, found: Findings) -> None:
 def check_secret_file(path: Path, key: str, found: Findings) -> bool:
     """A private key or passphrase must not be readable by others; False if unreadable.
 
-    PostgreSQL's rule: 0600 or stricter, or 0640 when root owns the file (so
-    a service group can read it); anything more open is refused.
+    The rule (PostgreSQL's) is the one ``run`` enforces: see
+    :mod:`pgtls_proxy.secretfiles`.
     """
     try:
-        st = path.stat()
+        path.stat()
     except OSError as exc:
         found.error(key, f"cannot read {path}: {exc.strerror or exc}")
         return False
-    mode = stat.S_IMODE(st.st_mode)
-    allowed = 0o640 if st.st_uid == 0 else 0o600
-    excess = mode & ~allowed & 0o077
-    if excess:
-        access = "readable" if excess & 0o044 else "writable"
-        found.error(
-            key,
-            f"{path} is {access} by group or others (mode {mode:04o});"
-            " use 0600, or 0640 with owner root",
-        )
+    problem = mode_problem(path)
+    if problem is not None:
+        found.error(key, problem)
     if not os.access(path, os.R_OK):
         found.error(key, f"cannot read {path}: permission denied")
         return False
@@ -367,5 +361,51 @@ def _check_backends(config: Config, found: Findings) -> None:
             continue
         try:
             contexts.backend_context(backend.tls, prefix)
+        except TLSConfigError as exc:
+            found.failed(exc)
+
+
+# ------------------------------------------------------------------ the metrics endpoint
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name may resolve to anything
+
+
+def _check_metrics(config: Config, found: Findings) -> None:
+    """``metrics.tls`` loads; an endpoint beyond loopback without it is a warning."""
+    address = config.metrics.address
+    tls = config.metrics.tls
+    if address is None:
+        return
+    if tls is None:
+        if not _is_loopback(address.host):
+            found.warning(
+                "metrics.address",
+                f"{address} listens beyond loopback without metrics.tls: anyone who reaches"
+                " it reads the metrics; set metrics.tls (client certificates) or firewall it",
+            )
+        return
+    readable = check_secret_file(tls.key_file, "metrics.tls.key_file", found)
+    for key, path in (
+        ("metrics.tls.cert_file", tls.cert_file),
+        ("metrics.tls.client_ca_file", tls.client_ca_file),
+    ):
+        try:
+            x509.load_pem_x509_certificates(path.read_bytes())
+        except OSError as exc:
+            found.error(key, f"cannot read {path}: {exc.strerror or exc}")
+            readable = False
+        except ValueError:
+            found.error(key, f"{path} holds no PEM certificate")
+            readable = False
+    if readable:
+        try:
+            contexts.metrics_context(tls)  # the key matches the certificate
         except TLSConfigError as exc:
             found.failed(exc)

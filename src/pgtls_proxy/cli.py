@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ from pgtls_proxy.config import Config, ConfigError, default_config_path, load_co
 from pgtls_proxy.logsetup import LOGGER_NAME, escape, route_process_output, setup_logging
 from pgtls_proxy.pki import commands as pki_commands
 from pgtls_proxy.pki.contexts import TLSConfigError
+from pgtls_proxy.secretfiles import InsecureFileError
 
 
 def _stop(reason: str) -> int:
@@ -26,12 +28,19 @@ def _stop(reason: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from pgtls_proxy.bundle import ENV_BUNDLE, Bundle, capture_from_disk
     from pgtls_proxy.server import Proxy
     from pgtls_proxy.supervisor import run_supervisor, worker_role
 
     try:
-        config = load_config(args.config)
         role = worker_role()
+        bundle = None
+        if role is not None and os.environ.get(ENV_BUNDLE) == "stdin":
+            # The supervisor's last good config and files, not what is on disk now.
+            bundle = Bundle.decode(sys.stdin.buffer.read())
+            config = bundle.parse()
+        else:
+            config = load_config(args.config)
         setup_logging(
             config.logging.level,
             config.logging.format,
@@ -41,11 +50,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if role is None:  # workers inherit the raised limit
             _raise_descriptor_limit(config)
         if role is None and config.workers > 1:
-            from pgtls_proxy.runtime import build_state
+            from pathlib import Path
 
-            build_state(config)  # a bad file must stop us before any worker starts
-            return run_supervisor(config, config.workers)
-        proxy = Proxy(config, role=role)
+            # A bad file must stop us before any worker starts; what loads
+            # is what the workers start (and restart) from.
+            bundle, state = capture_from_disk(Path(config.source or args.config))
+            return run_supervisor(state.config, config.workers, bundle, state)
+        proxy = Proxy(config, role=role, bundle=bundle)
+    except InsecureFileError as exc:
+        # One line in a fixed shape: "pgtls-proxy: <key path>: <file> is readable …".
+        print(f"pgtls-proxy: {escape(str(exc))}", file=sys.stderr)
+        return 2
     except (ConfigError, TLSConfigError) as exc:
         return _stop(f"configuration error: {exc}")
     except OSError as exc:

@@ -129,8 +129,18 @@ class BackendSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsTLSSettings:
+    """TLS for the metrics endpoint, with client certificates from ``client_ca_file``."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSettings:
     address: HostPort | None = HostPort("127.0.0.1", 9187)
+    tls: MetricsTLSSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +484,20 @@ def _backend(name: str, value: Any, base: Path) -> BackendSettings:
     )
 
 
+def _metrics_tls(value: Any, base: Path) -> MetricsTLSSettings | None:
+    if value is None:
+        return None
+    data = _mapping(value, "metrics.tls")
+    keys = ("cert_file", "key_file", "client_ca_file")
+    _check_keys(data, keys, "metrics.tls")
+    for required in keys:
+        if data.get(required) is None:
+            raise ConfigError(f"metrics.tls.{required}", "is required")
+    return MetricsTLSSettings(
+        *(_path(data[k], f"metrics.tls.{k}", base) for k in keys)  # order of the fields
+    )
+
+
 def _section(data: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
     section = _mapping(data.get(name), name)
     _check_keys(section, keys, name)
@@ -489,7 +513,7 @@ def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
         raise ConfigError("backends", "at least one backend is required")
     backends = {name: _backend(name, v, base) for name, v in backends_data.items()}
 
-    metrics = _section(top, "metrics", ("address",))
+    metrics = _section(top, "metrics", ("address", "tls"))
     logging_ = _section(top, "logging", ("level", "format", "audit"))
     limits = _section(
         top,
@@ -513,7 +537,9 @@ def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
         identity=_identity(top.get("identity")),
         rules=_rules(top.get("rules"), backends),
         backends=backends,
-        metrics=MetricsSettings(address=metrics_address),
+        metrics=MetricsSettings(
+            address=metrics_address, tls=_metrics_tls(metrics.get("tls"), base)
+        ),
         logging=LoggingSettings(
             level=_choice(logging_.get("level", "info"), "logging.level", LOG_LEVELS),
             format=_choice(logging_.get("format", "text"), "logging.format", ("text", "json")),
@@ -542,9 +568,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; raise ConfigError with the key path."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
+    return config_from_bytes(data, p)
+
+
+def config_from_bytes(raw: bytes, p: Path) -> Config:
+    """Validate the content of the config file ``p`` (read earlier, or kept in memory)."""
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("", f"{p}: not UTF-8 text") from None
     try:

@@ -24,6 +24,7 @@ from pgtls_proxy.passwords import PasswordsFile
 from pgtls_proxy.pki import contexts
 from pgtls_proxy.pki.peer import CertificateCapture
 from pgtls_proxy.pki.revocation import CRLLoader, RevocationChecker, load_revocation
+from pgtls_proxy.secretfiles import require_private
 from pgtls_proxy.wire.auth import PasswordAnswerer, tls_server_end_point
 from pgtls_proxy.wire.login import Authenticator
 
@@ -41,6 +42,8 @@ class TLSState:
     # client's certificate during it (see pki.peer).
     established_context: ssl.SSLContext | None = None
     capture: CertificateCapture | None = None
+    # The metrics endpoint's context when ``metrics.tls`` is set.
+    metrics_context: ssl.SSLContext | None = None
 
 
 def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
@@ -50,7 +53,9 @@ def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
     bad keeps its previous content; without it every file loads afresh.
     A CRL that fails to load is not an exception: it is listed in
     ``revocation.problems`` (strict mode then fails closed for its issuer).
+    A key or passwords file that others may read raises InsecureFileError.
     """
+    require_private(config)
     tls = config.tls
     server_certs = contexts.load_server_certificates(tls)
     revocation = load_revocation(tls, contexts.load_client_cas(tls), crls)
@@ -76,6 +81,11 @@ def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
         server_cert_not_after=server_certs[0].not_valid_after_utc,
         established_context=contexts.established_context(tls),
         capture=capture,
+        metrics_context=(
+            contexts.metrics_context(config.metrics.tls)
+            if config.metrics.tls is not None and config.metrics.address is not None
+            else None
+        ),
     )
 
 

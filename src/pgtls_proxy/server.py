@@ -22,6 +22,7 @@ import trio
 
 from pgtls_proxy.admin import serve_admin
 from pgtls_proxy.admission import Admission, Ticket
+from pgtls_proxy.bundle import Bundle, seed_passwords
 from pgtls_proxy.cancel import CancelRegistry
 from pgtls_proxy.cancel_delivery import serve_handoffs
 from pgtls_proxy.config import (
@@ -116,7 +117,11 @@ class Proxy:
     """A running proxy: state, listeners, sessions."""
 
     def __init__(
-        self, config: Config, metrics: Metrics | None = None, role: WorkerRole | None = None
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        role: WorkerRole | None = None,
+        bundle: Bundle | None = None,
     ) -> None:
         self.role = role
         self.metrics = metrics or Metrics()
@@ -124,10 +129,15 @@ class Proxy:
         # One builder for the first state, SIGHUP and changed files alike.
         self.files = TLSFiles(self.metrics, count_errors=self.counts_reloads)
         self.rt = Runtime(
-            state=self.files.build(config),
+            # A worker starts from the supervisor's last good copy of the files.
+            state=self.files.build(config)
+            if bundle is None
+            else self.files.build_bundle(bundle, config),
             metrics=self.metrics,
             cancels=CancelRegistry(role.worker_id, role.worker_bits) if role else CancelRegistry(),
         )
+        if bundle is not None:
+            seed_passwords(bundle, config, self.rt.passwords)
         self.rt.install(self.rt.state)
         self.admission = Admission(self.metrics, lambda: self.rt.config)
         self._stop = trio.Event()
@@ -245,6 +255,7 @@ class Proxy:
                         cfg.metrics.address.port,
                         self.metrics.registry,
                         self.is_ready,
+                        lambda: self.rt.state.metrics_context,
                     )
                 if self.rt.pool is not None:
                     outer.start_soon(self.rt.pool.run, lambda: self.rt.config.backends)

@@ -50,6 +50,16 @@ from pgtls_proxy.wire.messages import (
 _logger = logging.getLogger(f"{LOGGER_NAME}.session")
 TLS_RECORD_HANDSHAKE = 0x16
 
+# Backend refusals of a login that the client's own request causes, so they
+# count as the client's ``startup_error``, never in
+# ``pgtls_backend_connect_errors_total``: a database that does not exist
+# (3D000), one that accepts no connections (55000, template0), no CONNECT
+# privilege on it (42501), and startup ``options`` naming an unknown setting
+# (42704) or a bad value (22023). Refusals of the login itself (28000, 28P01:
+# a role or secret the operator configured) and capacity (53300) stay
+# backend errors: they are what an operator must hear about.
+CLIENT_CAUSED_LOGIN_ERRORS = frozenset({"3D000", "55000", "42501", "42704", "22023"})
+
 
 class _Done(Exception):
     """Ends a connection early; the outcome is already recorded."""
@@ -474,7 +484,7 @@ class Session:
             msg = f'no backend serves database "{startup.database}"'
             self.log.info("P: %s", msg)
             await self._fatal("3D000", msg)
-            raise self._fail("backend_error", msg)
+            raise self._fail("startup_error", msg)  # the client asked for it
         self.audit.backend = backend.name
         return backend, decision.user
 
@@ -515,14 +525,18 @@ class Session:
         try:
             result, extra = await run_login(stream, startup, authenticator, describe)
         except BackendLoginError as exc:
-            self.metrics.backend_connect_errors.labels(backend.name).inc()
             msg = (
                 f'{describe} refused login of user "{startup.user}": {exc.message}'
                 if exc.from_backend
                 else exc.message
             )
-            self.log.warning("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
             await self._fatal(exc.sqlstate, msg)
+            if exc.from_backend and exc.sqlstate in CLIENT_CAUSED_LOGIN_ERRORS:
+                # What the client asked for is wrong, not the backend: no alert.
+                self.log.info("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
+                raise self._fail("startup_error", msg) from None
+            self.metrics.backend_connect_errors.labels(backend.name).inc()
+            self.log.warning("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
             raise self._fail("backend_error", msg) from None
         return result, extra, authenticator
 
@@ -631,15 +645,16 @@ class Session:
                 self.log.info("C: plaintext CancelRequest refused (limits.plaintext_cancel)")
                 self.audit.error = "plaintext cancel refused"
                 return
-        backend, error = await deliver_cancel(self.rt, request)
-        self.audit.backend = backend
-        self.audit.error = error
-        if error is None:
-            self.log.info(
-                "C: CancelRequest delivered%s", f" to backend {backend}" if backend else ""
-            )
+        outcome = await deliver_cancel(self.rt, request)
+        self.audit.backend = outcome.backend
+        self.audit.error = outcome.error
+        via = " by the worker that owns the key" if outcome.handed_off else ""
+        if outcome.result == "forwarded":
+            self.log.info("C: CancelRequest delivered%s to backend %s", via, outcome.backend)
+        elif outcome.result == "unknown_key":
+            self.log.info("C: CancelRequest dropped%s: no session has that key", via)
         else:
-            self.log.info("C: CancelRequest not delivered: %s", error)
+            self.log.info("C: CancelRequest not delivered%s: %s", via, outcome.error)
 
     # ------------------------------------------------------------ teardown
 

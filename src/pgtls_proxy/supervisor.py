@@ -9,6 +9,10 @@ systemd notifications, signal fan-out, and restarting a worker that dies.
 
 A worker learns its role from the environment (``PGTLS_PROXY_WORKER_ID`` …),
 so it runs the very same ``pgtls-proxy run`` code path as a single process.
+It reads its configuration and files from its stdin, where the supervisor
+writes the last ones that loaded (:mod:`pgtls_proxy.bundle`): a worker that
+dies while the CA file is missing or the config is broken comes back with
+what the others run, instead of crash-looping.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from pgtls_proxy.admin import serve_admin
-from pgtls_proxy.config import Config, ConfigError, HostPort, load_config
+from pgtls_proxy.bundle import ENV_BUNDLE, Bundle, bundled_files, capture_from_disk, refresh
+from pgtls_proxy.config import Config, ConfigError, HostPort
 from pgtls_proxy.logsetup import LOGGER_NAME, LineSplitter, relay_worker_output
 from pgtls_proxy.metrics import MULTIPROC_ENV
 from pgtls_proxy.pki.contexts import TLSConfigError
-from pgtls_proxy.runtime import build_state
+from pgtls_proxy.runtime import TLSState
 from pgtls_proxy.server import sd_notify
+from pgtls_proxy.watch import POLL_INTERVAL, Snapshot, file_stamp
 
 _log = logging.getLogger(f"{LOGGER_NAME}.supervisor")
 
@@ -114,9 +120,13 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, config: Config, workers: int) -> None:
+    def __init__(self, config: Config, workers: int, bundle: Bundle, state: TLSState) -> None:
         assert config.source is not None
         self.config = config
+        # The last configuration and files that loaded: what workers start from.
+        self.bundle = bundle
+        self.metrics_context = state.metrics_context
+        self._refused_files: Snapshot | None = None
         self.workers = [_Worker(i) for i in range(workers)]
         self.rundir = Path(tempfile.mkdtemp(prefix="pgtls-proxy-"))
         self.metrics_dir = self.rundir / "metrics"
@@ -145,7 +155,17 @@ class Supervisor:
         env[ENV_PORTS] = ",".join(str(p) for p in self.ports)
         env[ENV_RELOADED] = "1" if worker.replaced else "0"
         env[ENV_PARENT] = str(os.getpid())
+        env[ENV_BUNDLE] = "stdin"  # a flag: the bytes go through the pipe
         return env
+
+    async def _feed(self, process: trio.Process, data: bytes) -> None:
+        """Write the bundle to the worker's stdin and close it (the worker reads to EOF)."""
+        assert process.stdin is not None
+        try:
+            await process.stdin.send_all(data)
+            await process.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # it died first; its exit is handled like any other
 
     async def _run_worker(self, worker: _Worker) -> None:
         """Keep one worker alive until the drain; restart it when it dies.
@@ -161,11 +181,12 @@ class Supervisor:
                 env=self._env(worker),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
             )
             assert process.stderr is not None and self._nursery is not None
             # Outlives this loop turn: a replaced worker still logs while it drains.
             self._nursery.start_soon(self._relay_stderr, worker.worker_id, process.stderr)
+            bundle = self.bundle.encode()
             self._live.add(process)
             worker.process = process
             worker.ready = False
@@ -187,6 +208,7 @@ class Supervisor:
                     replaced = True
                     nursery.cancel_scope.cancel()
 
+                nursery.start_soon(self._feed, process, bundle)
                 nursery.start_soon(watch_ready)
                 nursery.start_soon(watch_replace)
                 await process.wait()
@@ -252,27 +274,38 @@ class Supervisor:
     def reload(self) -> None:
         """Fan SIGHUP out; each worker validates and keeps its state on failure.
 
-        The supervisor validates too, only to log one clear line; worker 0 is
-        the one that counts reloads, so the metric moves once per SIGHUP.
+        The supervisor validates too, to log one clear line and to keep what
+        loaded for the workers it restarts; worker 0 is the one that counts
+        reloads, so the metric moves once per SIGHUP.
         """
+        assert self.config.source is not None
         try:
-            config = load_config(self.config.source or "")
-            build_state(config)
+            bundle, state = capture_from_disk(self.config.source, self.bundle)
         except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
             _log.error("P: reload failed, keeping the running configuration: %s", exc)
-        else:
-            if config.listen != self.config.listen:
-                self._rebind(config)
-                return
+            self._signal_workers(signal.SIGHUP)
+            return
+        config = state.config
+        if config.listen != self.config.listen:
+            if self._rebind(config):
+                self._take(bundle, state)
+            return
+        self._take(bundle, state)
         self._signal_workers(signal.SIGHUP)
 
-    def _rebind(self, config: Config) -> None:
+    def _take(self, bundle: Bundle, state: TLSState) -> None:
+        self.bundle = bundle
+        self.config = state.config
+        self.metrics_context = state.metrics_context
+        self._refused_files = None
+
+    def _rebind(self, config: Config) -> bool:
         """New listeners: reserve their ports, then replace every worker."""
         try:
             reserved = [_reserve_port(item.address) for item in config.listen]
         except OSError as exc:
             _log.error("P: reload failed, cannot bind a new listener: %s", exc)
-            return
+            return False
         for sock in self._reserved:
             sock.close()
         self._reserved = reserved
@@ -282,6 +315,35 @@ class Supervisor:
             _log.info("P: listening on %s", HostPort(item.address.host, port))
         for worker in self.workers:
             worker.replace.set()
+        return True
+
+    async def _watch_files(self) -> None:
+        """Keep the bundle's files current: take them once a change holds still and loads.
+
+        The workers watch the same files and log their own verdict; here a
+        change that does not load only leaves the bundle as it was.
+        """
+        pending: Snapshot | None = None
+        while True:
+            await trio.sleep(POLL_INTERVAL)
+            paths = bundled_files(self.config)
+            current = tuple((str(path), file_stamp(path)) for path in paths)
+            built = self.bundle.snapshot(self.config, paths)
+            if current in (built, self._refused_files):
+                pending = None
+                continue
+            if current != pending:
+                pending = current
+                continue
+            pending = None
+            try:
+                bundle, state = refresh(self.config, self.bundle.config, self.bundle)
+            except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+                self._refused_files = current
+                _log.info("P: changed files not kept for restarting workers: %s", exc)
+                continue
+            self._take(bundle, state)
+            _log.debug("P: changed files kept for restarting workers")
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
@@ -318,9 +380,11 @@ class Supervisor:
                     cfg.metrics.address.port,
                     self.registry,
                     self.ready,
+                    lambda: self.metrics_context,
                 )
             outer.start_soon(self._signals)
             outer.start_soon(self._watchdog)
+            outer.start_soon(self._watch_files)
             async with trio.open_nursery() as workers:
                 self._nursery = workers
                 for worker in self.workers:
@@ -344,8 +408,8 @@ class Supervisor:
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
-def run_supervisor(config: Config, workers: int) -> int:
-    supervisor = Supervisor(config, workers)
+def run_supervisor(config: Config, workers: int, bundle: Bundle, state: TLSState) -> int:
+    supervisor = Supervisor(config, workers, bundle, state)
     try:
         trio.run(supervisor.run)
     finally:

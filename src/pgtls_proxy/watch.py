@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -27,6 +28,9 @@ from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.pki.revocation import CRLLoader, crl_sources
 from pgtls_proxy.runtime import TLSState, build_state
+
+if TYPE_CHECKING:
+    from pgtls_proxy.bundle import Bundle
 
 _log = logging.getLogger(f"{LOGGER_NAME}.watch")
 
@@ -43,6 +47,9 @@ def watched_files(config: Config) -> list[Path]:
     paths = [tls.cert_file, tls.key_file, tls.client_ca_file]
     if tls.key_passphrase_file is not None:
         paths.append(tls.key_passphrase_file)
+    metrics_tls = config.metrics.tls
+    if metrics_tls is not None and config.metrics.address is not None:
+        paths.extend([metrics_tls.cert_file, metrics_tls.key_file, metrics_tls.client_ca_file])
     if tls.revocation != "off":
         paths.extend(source.path for source in crl_sources(tls))
     for backend in config.backends.values():
@@ -50,6 +57,11 @@ def watched_files(config: Config) -> list[Path]:
             if path is not None:
                 paths.append(path)
     return paths
+
+
+def file_stamp(path: Path) -> FileStamp:
+    """What ``path`` looks like now (None when missing), as snapshots record it."""
+    return _stamp(path)
 
 
 def _stamp(path: Path) -> FileStamp:
@@ -93,6 +105,20 @@ class TLSFiles:
         except BaseException:
             self.crls.forget_reports()  # nothing was logged: say it at the next build
             raise
+        self._report(state)
+        return state
+
+    def build_bundle(self, bundle: Bundle, config: Config) -> TLSState:
+        """Build from the supervisor's copy of the files (see :mod:`pgtls_proxy.bundle`).
+
+        The files count as built as they were when the copy was taken, so
+        the watcher rebuilds from disk as soon as they differ from it.
+        """
+        from pgtls_proxy.bundle import build
+
+        state = build(bundle, config, self.crls)
+        self._built = bundle.snapshot(config)
+        self._pending = None
         self._report(state)
         return state
 

@@ -87,6 +87,7 @@ def backend_config(
             f'"{u}" "{secret}"\n' for u in ("scram_user", "md5_user", "pw_user", "plain_scram")
         )
     )
+    userlist.chmod(0o600)  # run refuses a passwords file others can read
     issue_custom(tmp_path, "cert_user", ca_dir=pki.dir)  # the proxy's own client cert
     crt, key = tmp_path / "cert_user.crt", tmp_path / "cert_user.key"
     backend_tls = {
@@ -174,6 +175,7 @@ def test_user_without_secret_is_refused(
     config = backend_config(pki, tls_cluster, tmp_path)
     config["backends"]["main"]["auth"]["passwords_file"] = str(tmp_path / "empty.txt")
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "empty.txt").chmod(0o600)
     proxy = proxy_factory(config)
     with pytest.raises(psycopg.OperationalError, match="holds no secret"):
         connect(pki, proxy.port, "alice", user="scram_user")

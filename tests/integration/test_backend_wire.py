@@ -238,6 +238,7 @@ def test_a_backend_that_skips_the_scram_proof_is_refused(
     backend = fake_backend_factory(skip_scram=True)
     userlist = tmp_path / "userlist.txt"
     userlist.write_text('"alice" "Alice-Secret-9"\n')
+    userlist.chmod(0o600)
     main = {"address": f"127.0.0.1:{backend.port}", "auth": {"passwords_file": str(userlist)}}
     proxy = proxy_factory({"backends": {"main": main}})
     with pytest.raises(psycopg.OperationalError) as info:

@@ -87,7 +87,9 @@ def test_sighup_counts_one_reload(daemon_factory: Any, pki: PKIFiles) -> None:
 
 
 def test_reload_with_new_listener_replaces_workers(daemon_factory: Any, pki: PKIFiles) -> None:
-    d = daemon_factory({"workers": 2})
+    # The old worker must still drain when its successor serves: new workers
+    # take seconds to start on a loaded machine, more than the fixture's 5 s.
+    d = daemon_factory({"workers": 2, "shutdown": {"drain_timeout": 60}})
     d.wait_log("all 2 workers ready")
     conn = connect(pki, d.port, "alice")  # an old worker keeps it while draining
     try:

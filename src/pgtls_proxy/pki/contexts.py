@@ -8,6 +8,7 @@ exactly how these contexts are configured.
 
 from __future__ import annotations
 
+import os
 import ssl
 import tempfile
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pgtls_proxy.config import BackendTLSSettings, TLSSettings
+from pgtls_proxy.config import BackendTLSSettings, MetricsTLSSettings, TLSSettings
 from pgtls_proxy.pki.peer import CertificateCapture
 
 ALPN_POSTGRESQL = "postgresql"
@@ -45,9 +46,13 @@ def read_passphrase(path: Path | None) -> bytes | None:
     return data.splitlines()[0] if data else b""
 
 
-def _unreadable(tls: TLSSettings, exc: OSError) -> TLSConfigError:
-    which = "tls.cert_file" if Path(exc.filename or "") == tls.cert_file else "tls.key_file"
-    return TLSConfigError(which, f"cannot read {exc.filename}: {exc.strerror or exc}")
+def _unreadable(tls: TLSSettings | MetricsTLSSettings, exc: OSError) -> TLSConfigError:
+    prefix = "tls" if isinstance(tls, TLSSettings) else "metrics.tls"
+    filename = exc.filename
+    if filename is None:  # OpenSSL's loader does not say which of the two it was
+        filename = tls.cert_file if not os.access(tls.cert_file, os.R_OK) else tls.key_file
+    which = "cert_file" if Path(filename) == tls.cert_file else "key_file"
+    return TLSConfigError(f"{prefix}.{which}", f"cannot read {filename}: {exc.strerror or exc}")
 
 
 def _key_error(tls: TLSSettings, passphrase: bytes | None) -> TLSConfigError:
@@ -243,6 +248,46 @@ def backend_context(tls: BackendTLSSettings, key_prefix: str) -> ssl.SSLContext:
                 f"{key_prefix}.cert_file", f"cannot load {tls.cert_file}: {exc}"
             ) from None
     ctx.set_alpn_protocols([ALPN_POSTGRESQL])
+    return ctx
+
+
+def metrics_context(tls: MetricsTLSSettings) -> ssl.SSLContext:
+    """The metrics endpoint's context: TLS 1.2+, a client certificate from its own CA.
+
+    The scraper's CA is separate from ``tls.client_ca_file``: a database
+    client's certificate is no licence to read the metrics.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    disable_resumption(ctx)  # every scrape is a fresh handshake: no cache to grow
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
+    except ssl.SSLError as exc:  # before OSError, its base class
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TLSConfigError(
+                "metrics.tls.key_file",
+                f"{tls.key_file} does not hold a private key matching {tls.cert_file}",
+            ) from None
+        raise TLSConfigError(
+            "metrics.tls.key_file",
+            f"cannot load {tls.cert_file} with {tls.key_file} ({exc.reason or exc})",
+        ) from None
+    except OSError as exc:
+        raise _unreadable(tls, exc) from None
+    try:
+        ctx.load_verify_locations(cafile=str(tls.client_ca_file))
+    except ssl.SSLError as exc:
+        raise TLSConfigError(
+            "metrics.tls.client_ca_file",
+            f"{tls.client_ca_file} holds no usable CA ({exc.reason})",
+        ) from None
+    except OSError as exc:
+        raise TLSConfigError(
+            "metrics.tls.client_ca_file",
+            f"cannot read {tls.client_ca_file}: {exc.strerror or exc}",
+        ) from None
+    ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 

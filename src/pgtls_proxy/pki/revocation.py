@@ -298,6 +298,26 @@ class CRLLoader:
         crls = self._only_forward(itertools.chain.from_iterable(good.values()), problems)
         return crls, tuple(problems)
 
+    def seed(self, crls: Iterable[LoadedCRL]) -> None:
+        """Remember ``crls`` as the last good content of the files they name.
+
+        A worker started from the supervisor's copy of the files calls this,
+        so a CRL file that is broken on disk keeps that copy in force, and the
+        copy's CRLs count as loaded: an older CRL on disk does not replace
+        them (CRLs only move forward, across a worker's restart too).
+        """
+        good: dict[Path, list[LoadedCRL]] = {}
+        for item in crls:
+            good.setdefault(item.source.path, []).append(item)
+            key = item.order_key
+            if key is None:
+                continue
+            best = self._newest.get(key)
+            order = None if best is None else compare_crls(item, best)
+            if best is None or (order is not None and order > 0):
+                self._newest[key] = item
+        self._last_good = {path: tuple(items) for path, items in good.items()}
+
     def forget_reports(self) -> None:
         """Report the older CRLs of the last load again (its build failed unreported)."""
         self._older_reported = set()
