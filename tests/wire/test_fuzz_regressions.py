@@ -9,11 +9,14 @@ so the harnesses themselves run in ``make test`` and cannot rot unnoticed.
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
+from scramp import ScramMechanism
 
 from fuzz import fuzz_login, fuzz_proxyproto, fuzz_startup
 from pgtls_proxy.wire import codec
+from pgtls_proxy.wire.auth import MAX_SCRAM_ITERATIONS, PasswordAnswerer
 from pgtls_proxy.wire.login import BackendLoginError, login
 from pgtls_proxy.wire.messages import PROTOCOL_3_0, StartupMessage
 
@@ -53,6 +56,83 @@ def test_a_backend_sqlstate_is_kept_when_it_is_one() -> None:
     with pytest.raises(BackendLoginError) as info:
         gen.send((b"E", b"SFATAL\0C3D000\0Mdatabase does not exist\0\0"))
     assert info.value.sqlstate == "3D000"
+
+
+# ------------------------------------------------------------------ password answers
+
+# fuzz_login, after 14,601 runs: a passwords-file secret with a NUL in it, and
+# a backend asking for a cleartext password. codec.password_message refused
+# to build the message with ValueError, which the session took for a bug.
+NUL_IN_CLEARTEXT_SECRET = b"/" * 75 + b"\xff" * 6 + b"&\x14\x00\x01"
+
+
+def test_nul_in_cleartext_secret_replay() -> None:
+    outcome = fuzz_login.run(NUL_IN_CLEARTEXT_SECRET)
+    assert outcome.startswith("refused 28000:") and "NUL character" in outcome
+
+
+def test_a_cleartext_secret_with_a_nul_is_refused_clearly() -> None:
+    answerer = PasswordAnswerer("alice", "pass\0word", describe='backend "main"', cleartext_ok=True)
+    with pytest.raises(BackendLoginError) as info:
+        answerer.answer(codec.AUTH_CLEARTEXT, b"")
+    assert info.value.sqlstate == "28000"
+    assert "NUL character" in info.value.message
+    assert "pass" not in info.value.message.replace("password", "")
+
+
+# Seen while writing fuzz_login, not found by it (178,379 runs in 10 minutes
+# never asked for over a million rounds): a server-first asking for
+# 10,000,000 PBKDF2 rounds (scramp's own ceiling) cost about 30 s of CPU on
+# the worker's event loop, stalling every session of that worker.
+HUGE_ITERATIONS = (
+    b"\x00\x01\x00\x00\x00"
+    + bytes([4, 0, 1, 0])
+    + bytes([6])
+    + fuzz_login._blob(b"r=@@x,s=MDEyMzQ1Njc4OWFiY2RlZg==,i=10000000")
+    + b"\x00"
+)
+
+
+def test_huge_iteration_count_replay_is_refused_at_once() -> None:
+    started = time.perf_counter()
+    outcome = fuzz_login.run(HUGE_ITERATIONS)
+    assert outcome.startswith("refused 28000:") and "10000000 SCRAM iterations" in outcome
+    assert time.perf_counter() - started < 2, "refused before PBKDF2 ran"
+
+
+def _server_first(answerer: PasswordAnswerer, iterations: int) -> bytes:
+    first = answerer.answer(codec.AUTH_SASL, b"SCRAM-SHA-256\0\0")
+    client_first = first[5:].split(b"\0", 1)[1][4:].decode()
+    nonce = client_first.split(",r=", 1)[1]
+    salt = "MDEyMzQ1Njc4OWFiY2RlZg=="
+    return f"r={nonce}srv,s={salt},i={iterations}".encode()
+
+
+@pytest.mark.parametrize("iterations", [MAX_SCRAM_ITERATIONS + 1, 10_000_000])
+def test_scram_iterations_beyond_the_cap_are_refused_without_hashing(iterations: int) -> None:
+    answerer = PasswordAnswerer("alice", "pw", describe='backend "main"')
+    server_first = _server_first(answerer, iterations)
+    started = time.perf_counter()
+    with pytest.raises(BackendLoginError) as info:
+        answerer.answer(codec.AUTH_SASL_CONTINUE, server_first)
+    assert time.perf_counter() - started < 2, "refused before PBKDF2 ran"
+    assert info.value.sqlstate == "28000"
+    assert f"{iterations} SCRAM iterations" in info.value.message
+    assert "pw" not in info.value.message.replace('"alice"', "")
+
+
+def test_scram_iterations_above_the_default_still_work() -> None:
+    """A backend hardened beyond PostgreSQL's 4096 rounds is still answered."""
+    mech = ScramMechanism()
+    info = mech.make_auth_info("pw", iteration_count=20_000)
+    server = mech.make_server(lambda _user: info)
+    answerer = PasswordAnswerer("alice", "pw", describe='backend "main"')
+    first = answerer.answer(codec.AUTH_SASL, b"SCRAM-SHA-256\0\0")
+    server.set_client_first(first[5:].split(b"\0", 1)[1][4:].decode())
+    final = answerer.answer(codec.AUTH_SASL_CONTINUE, server.get_server_first().encode())
+    server.set_client_final(final[5:].decode())
+    assert answerer.answer(codec.AUTH_SASL_FINAL, server.get_server_final().encode()) == b""
+    answerer.done()
 
 
 # ------------------------------------------------------------------ replays
