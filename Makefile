@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
 .DEFAULT_GOAL := test
-.PHONY: venv test test-matrix demo bench clean
+.PHONY: venv test test-matrix demo bench fuzz clean
 
 venv: $(STAMP)
 
@@ -27,10 +27,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy
-	$(BIN)/mypy bench
+	$(BIN)/mypy bench fuzz
 	$(BIN)/pytest -q
 
 # The backend version matrix: the proxy fronts old servers as well as new, so the
@@ -71,6 +71,26 @@ bench: venv
 	$(BIN)/python -m pip install -q -r bench/requirements.txt \
 		|| echo "bench: matplotlib/py-spy not installed: no chart, no profile"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Coverage-guided fuzzing (atheris) of the startup-packet parser, the PROXY
+# header parser and the backend login, FUZZ_SECONDS each, one after the other.
+# The corpus grows in fuzz/corpus/<target> (kept between runs, not in git);
+# a crash or hang is written to fuzz/artifacts/<target>/ and stops the run:
+# replay it with `python -m fuzz.fuzz_<target> FILE`, then add it to
+# tests/wire/test_fuzz_regressions.py.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= startup proxyproto login
+FUZZ_ARGS ?= -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+
+fuzz: venv
+	$(BIN)/python -m pip install -q -e '.[test,fuzz]'
+	$(BIN)/python -m fuzz.seeds fuzz/corpus
+	@set -e; for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/artifacts/$$target; \
+		echo "fuzz: $$target for $(FUZZ_SECONDS) s"; \
+		$(BIN)/python -m fuzz.fuzz_$$target -max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS) \
+			-artifact_prefix=fuzz/artifacts/$$target/ fuzz/corpus/$$target; \
+	done
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

@@ -24,6 +24,12 @@ SCRAM = "SCRAM-SHA-256"
 SCRAM_PLUS = "SCRAM-SHA-256-PLUS"
 TLS_SERVER_END_POINT = "tls-server-end-point"
 
+# The most PBKDF2 rounds a backend may ask for. PostgreSQL's default is 4096
+# and hardened settings stay below 1,000,000; the hash runs on the worker's
+# event loop, so a backend asking for more (scramp alone allows 10,000,000:
+# about 30 s of CPU on a small host) would stall every session of the worker.
+MAX_SCRAM_ITERATIONS = 1_000_000
+
 
 def tls_server_end_point(der: bytes) -> bytes | None:
     """Channel-binding data for ``tls-server-end-point`` (RFC 5929, section 4.1).
@@ -129,6 +135,13 @@ class PasswordAnswerer:
                     "the backend asks for a cleartext password over an unencrypted, "
                     "non-loopback link (set auth.allow_cleartext_over_plaintext to allow it)"
                 )
+            if "\0" in self._secret:
+                # The password travels as a C string: PostgreSQL would read
+                # only the part before the NUL (and codec refuses to build it).
+                raise self._refuse(
+                    "the stored password contains a NUL character, which a cleartext "
+                    "password message cannot carry"
+                )
             self.method = "password"
             return codec.password_message(self._secret.encode("utf-8") + b"\0")
         if code == codec.AUTH_MD5:
@@ -174,6 +187,12 @@ class PasswordAnswerer:
             raise BackendLoginError("08P01", f"{self.describe} sent SASLContinue out of order")
         try:
             self._scram.set_server_first(data.decode("utf-8"))
+            iterations = int(self._scram.iterations)
+            if iterations > MAX_SCRAM_ITERATIONS:
+                raise self._refuse(
+                    f"the backend asks for {iterations} SCRAM iterations; the proxy "
+                    f"computes at most {MAX_SCRAM_ITERATIONS}"
+                )
             return codec.sasl_response(self._scram.get_client_final().encode("utf-8"))
         except (ScramException, UnicodeDecodeError) as exc:
             raise self._refuse(f"SCRAM failed: {exc}") from None

@@ -213,6 +213,11 @@ def _cstring(value: str) -> bytes:
     return value.replace("\x00", "\ufffd").encode("utf-8", "replace") + b"\x00"
 
 
+def is_sqlstate(code: str) -> bool:
+    """Five digits or upper-case ASCII letters, as every SQLSTATE is."""
+    return len(code) == 5 and set(code) <= _SQLSTATE_CHARS
+
+
 def error_response(
     severity: str,
     sqlstate: str,
@@ -228,7 +233,7 @@ def error_response(
     """
     if not severity or "\x00" in severity:
         raise ValueError(f"invalid severity {severity!r}")
-    if len(sqlstate) != 5 or not set(sqlstate) <= _SQLSTATE_CHARS:
+    if not is_sqlstate(sqlstate):
         raise ValueError(f"invalid SQLSTATE {sqlstate!r}")
     fields = [b"S" + _cstring(severity), b"V" + _cstring(severity)]
     fields.append(b"C" + _cstring(sqlstate))

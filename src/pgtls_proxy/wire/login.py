@@ -76,6 +76,18 @@ class Authenticator(Protocol):
     def done(self) -> None: ...
 
 
+def _sqlstate(code: str | None) -> str:
+    """The backend's SQLSTATE if it is one, else 08006 (connection failure).
+
+    It is passed on to the client in our own ErrorResponse, which must carry
+    five digits or upper-case letters; a backend that sends anything else is
+    still refusing the login, so it is reported, just not with its code.
+    """
+    if code is not None and codec.is_sqlstate(code):
+        return code
+    return "08006"
+
+
 def login(
     startup: StartupMessage,
     authenticator: Authenticator | None = None,
@@ -91,7 +103,7 @@ def login(
         if msg_type == b"E":
             fields = codec.parse_error_fields(payload)
             raise BackendLoginError(
-                fields.get("C", "08006"),
+                _sqlstate(fields.get("C")),
                 fields.get("M", "backend refused the connection"),
                 from_backend=True,
             )
