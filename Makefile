@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
 .DEFAULT_GOAL := test
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench image clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: venv
 	$(BIN)/python -m pip install -q -r bench/requirements.txt \
 		|| echo "bench: matplotlib/py-spy not installed: no chart, no profile"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The container image, pgtls-proxy:<version> and :latest, with docker or podman
+# (ENGINE=docker|podman chooses); README.md, "Containers".
+image:
+	bash scripts/build-image.sh
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
