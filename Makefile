@@ -1,4 +1,4 @@
-# Developer and CI entry points. CI runs .ci/run, which ends in `make test`.
+# Developer and CI entry points. CI runs .ci/run: `make test`, then `make test-image`.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
 .DEFAULT_GOAL := test
-.PHONY: venv test demo bench image clean
+.PHONY: venv test demo bench image test-image clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ bench: venv
 # (ENGINE=docker|podman chooses); README.md, "Containers".
 image:
 	bash scripts/build-image.sh
+
+# Builds the image with podman and runs it for real: tests/image (left out of `make test`).
+test-image: venv
+	bash scripts/test-image.sh
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
