@@ -93,24 +93,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_key_pair(src_crt: Path, src_key: Path, conf: Path, mode: int = 0o600) -> None:
+def write_key_pair(
+    src_crt: Path, src_key: Path, conf: Path, mode: int = 0o600, owner: tuple[int, int] = (UID, UID)
+) -> None:
     """The server certificate and key as the container reads them: key owned by its uid."""
     for src, name in ((src_crt, "server.crt"), (src_key, "server.key")):
         tmp = conf / f".{name}.tmp"
         shutil.copyfile(src, tmp)
         os.chmod(tmp, mode if name.endswith(".key") else 0o644)
         if name.endswith(".key"):
-            os.chown(tmp, UID, UID)
+            os.chown(tmp, *owner)
         tmp.replace(conf / name)
 
 
-def make_conf(directory: Path, pki: PKIFiles, pg_port: int, key_mode: int = 0o600) -> Path:
+def make_conf(
+    directory: Path,
+    pki: PKIFiles,
+    pg_port: int,
+    key_mode: int = 0o600,
+    key_owner: tuple[int, int] = (UID, UID),
+) -> Path:
     """/etc/pgtls-proxy for one container: config, CA, CRL, server certificate and key."""
     directory.mkdir(mode=0o755)
     for src, name in ((pki.ca, "ca.crt"), (pki.crl, "crl.pem")):
         shutil.copyfile(src, directory / name)
         os.chmod(directory / name, 0o644)
-    write_key_pair(pki.server_cert, pki.server_key, directory, key_mode)
+    write_key_pair(pki.server_cert, pki.server_key, directory, key_mode, key_owner)
     config = {
         "listen": [{"address": "0.0.0.0:6432"}],
         "tls": {
@@ -201,8 +209,14 @@ def start(
     """Start the image hardened, with a fresh /etc/pgtls-proxy; removed at teardown."""
     names: list[str] = []
 
-    def run(tag: str, key_mode: int = 0o600, wait: bool = True) -> Container:
-        conf = make_conf(tmp_path_factory.mktemp(tag) / "conf", pki, pg_cluster.port, key_mode)
+    def run(
+        tag: str,
+        key_mode: int = 0o600,
+        key_owner: tuple[int, int] = (UID, UID),
+        wait: bool = True,
+    ) -> Container:
+        conf = tmp_path_factory.mktemp(tag) / "conf"
+        make_conf(conf, pki, pg_cluster.port, key_mode, key_owner)
         name = f"pgtls-proxy-test-{tag}-{os.getpid()}"
         engine("rm", "--force", "--time", "0", name, check=False)
         container = Container(name, conf, free_port(), free_port())
@@ -403,3 +417,11 @@ def test_a_key_readable_by_others_is_refused_at_start(start: Start) -> None:
     assert len(lines) == 1, lines
     assert f"{CONF}/server.key" in lines[0], lines[0]
     assert "readable by group or others" in lines[0], lines[0]
+
+
+def test_a_key_0640_owned_by_root_with_the_group_serves(start: Start, pki: PKIFiles) -> None:
+    """The other layout the image documents: root owns the key, group 10001 reads it."""
+    c = start("keygroup", key_mode=0o640, key_owner=(0, UID))
+    ok = psql(pki, c.port, cert="alice")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "alice"
