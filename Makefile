@@ -1,5 +1,5 @@
-# Developer and CI entry points. CI runs .ci/run, which ends in `make test` and
-# `make test-matrix`.
+# Developer and CI entry points. CI runs .ci/run: `make test`, `make test-matrix`,
+# then `make test-image`.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
 .DEFAULT_GOAL := test
-.PHONY: venv test test-matrix demo bench fuzz clean
+.PHONY: venv test test-matrix demo bench fuzz image test-image clean
 
 venv: $(STAMP)
 
@@ -91,6 +91,15 @@ fuzz: venv
 		$(BIN)/python -m fuzz.fuzz_$$target -max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS) \
 			-artifact_prefix=fuzz/artifacts/$$target/ fuzz/corpus/$$target; \
 	done
+
+# The container image, pgtls-proxy:<version> and :latest, with docker or podman
+# (ENGINE=docker|podman chooses); README.md, "Containers".
+image:
+	bash scripts/build-image.sh
+
+# Builds the image with podman and runs it for real: tests/image (left out of `make test`).
+test-image: venv
+	bash scripts/test-image.sh
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

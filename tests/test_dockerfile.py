@@ -57,17 +57,43 @@ def test_multi_stage_slim() -> None:
         assert "slim" in stage[0][1]
 
 
-def test_final_stage_runs_unprivileged_from_the_wheel() -> None:
+def test_every_stage_is_debian_bookworm_with_debians_python() -> None:
+    """The base scripts/base-image.sh can make without a registry, by the name it tags."""
+    script = (ROOT / "scripts" / "base-image.sh").read_text()
+    for stage in stages():
+        base = stage[0][1].split()[0]
+        assert base == "docker.io/library/debian:bookworm-slim"
+        installs = " ".join(args(stage, "RUN"))
+        assert "apt-get install" in installs and " python3" in installs
+    assert "--variant=minbase bookworm" in script
+
+
+def test_final_stage_runs_unprivileged_from_the_build_venv() -> None:
     final = stages()[-1]
     users = args(final, "USER")
     assert users
     user = users[-1].split(":")[0]
     assert user not in ("root", "0")
     assert user.isdigit(), "a numeric USER lets Kubernetes' runAsNonRoot verify it"
+    assert users[-1] == "10001:10001"
+    copies = args(final, "COPY")
+    assert any(c.startswith("--from=build ") and "/opt/pgtls-proxy" in c for c in copies)
+    assert not any(a.split()[0] in ("src", "src/", ".") for a in copies)
     runs = " ".join(args(final, "RUN"))
-    assert ".whl" in runs
-    assert "from=build" in runs or any("--from=build" in a for a in args(final, "COPY"))
-    assert not any(a.split()[0] in ("src", "src/", ".") for a in args(final, "COPY"))
+    for forbidden in ("pip ", "gcc", "build-essential", "python3-dev", "python3-venv"):
+        assert forbidden not in runs, forbidden
+    assert "apt-get clean" in runs and "/var/lib/apt/lists" in runs
+    env = " ".join(args(final, "ENV"))
+    assert "/opt/pgtls-proxy/bin" in env
+
+
+def test_build_stage_fills_the_venv_from_binary_wheels_and_removes_pip() -> None:
+    build = stages()[0]
+    runs = " ".join(args(build, "RUN"))
+    assert "--only-binary=:all:" in runs, "no compiler: a dependency without a wheel must fail"
+    assert "pip uninstall -y pip setuptools" in runs
+    assert any("PIP_NO_CACHE_DIR=1" in line for line in args(build, "ENV"))
+    assert "type=secret,id=pip-ca" in runs  # a proxy's CA, never written to a layer
 
 
 def test_operational_promises() -> None:
@@ -75,6 +101,7 @@ def test_operational_promises() -> None:
     (healthcheck,) = args(final, "HEALTHCHECK")
     assert "/healthz" in healthcheck
     assert "curl" not in healthcheck and "wget" not in healthcheck  # not in slim images
+    assert "127.0.0.1:9187" in healthcheck
     assert args(final, "STOPSIGNAL") == ["SIGTERM"]
     exposed = {port for line in args(final, "EXPOSE") for port in line.split()}
     assert {"6432", "9187"} <= exposed
