@@ -58,9 +58,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return run_supervisor(state.config, config.workers, bundle, state)
         proxy = Proxy(config, role=role, bundle=bundle)
     except InsecureFileError as exc:
-        # One line in a fixed shape: "pgtls-proxy: <key path>: <file> is readable …".
-        print(f"pgtls-proxy: {escape(str(exc))}", file=sys.stderr)
-        return 2
+        # One line in a fixed shape: "pgtls-proxy: <key path>: <file> is readable …",
+        # a record of the configured log format once logging is set up.
+        return _stop(str(exc))
     except (ConfigError, TLSConfigError) as exc:
         return _stop(f"configuration error: {exc}")
     except OSError as exc:

@@ -70,6 +70,13 @@ def _run(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _assert_one_line(stderr: str, reason: str) -> None:
+    """The refusal is the one line on stderr: an ERROR record ending in ``reason``."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert " ERROR " in lines[0] and lines[0].endswith(reason), lines[0]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("which", SECRET_KEYS)
 def test_run_refuses_a_secret_file_others_can_read(
@@ -81,9 +88,9 @@ def test_run_refuses_a_secret_file_others_can_read(
     config.write_text(yaml.safe_dump(data))
     out = _run(config)
     assert out.returncode == 2
-    assert out.stderr.splitlines() == [
-        f"pgtls-proxy: {key}: {path} is readable by group or others (mode 0644); {FIX}"
-    ]
+    _assert_one_line(
+        out.stderr, f"pgtls-proxy: {key}: {path} is readable by group or others (mode 0644); {FIX}"
+    )
 
 
 def test_the_owner_rule_is_postgresqls(
@@ -100,9 +107,10 @@ def test_the_owner_rule_is_postgresqls(
     config.write_text(yaml.safe_dump(data))
     out = _run(config)
     assert out.returncode == 2
-    assert out.stderr.splitlines() == [
-        f"pgtls-proxy: tls.key_file: {path} is readable by group or others (mode 0640); {FIX}"
-    ]
+    _assert_one_line(
+        out.stderr,
+        f"pgtls-proxy: tls.key_file: {path} is readable by group or others (mode 0640); {FIX}",
+    )
     os.chmod(path, 0o600)  # owned by someone else, private: root may read it
     assert current_user(pki, proxy_factory(override).port) == "alice"
 
