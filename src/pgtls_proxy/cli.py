@@ -99,7 +99,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pgtls_proxy.demo import run_demo
+    from pgtls_proxy.demo.run import run_demo
 
     return run_demo(port=args.port, keep=args.keep)
 
