@@ -31,6 +31,7 @@ test: venv
 	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy
 	$(BIN)/mypy bench fuzz
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 # The backend version matrix: the proxy fronts old servers as well as new, so the
@@ -102,5 +103,5 @@ test-image: venv
 	bash scripts/test-image.sh
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .import_linter_cache src/*.egg-info
 	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -34,8 +34,8 @@ from typing import Any
 import psycopg
 import yaml
 
-from pgtls_proxy.pgcluster import PgCluster, find_pg_bin_dir
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
+from pgtls_proxy.demo.cluster import PgCluster, find_pg_bin_dir
 
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
 

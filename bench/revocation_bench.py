@@ -31,9 +31,9 @@ from typing import Any
 import trio
 import yaml
 
+from pgtls_proxy.ca import authority
 from pgtls_proxy.config import load_config
 from pgtls_proxy.logsetup import setup_logging
-from pgtls_proxy.pki import authority
 from pgtls_proxy.runtime import build_state
 from pgtls_proxy.server import Proxy
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from pgtls_proxy.pgcluster import SERVER_OS_USER, PgCluster, find_pg_bin_dir
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
+from pgtls_proxy.demo.cluster import SERVER_OS_USER, PgCluster, find_pg_bin_dir
 
 BENCH_USER = "bench"
 BENCH_DB = "bench"

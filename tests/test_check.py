@@ -19,7 +19,7 @@ import yaml
 from cryptography import x509
 
 from pgtls_proxy import cli
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
 from tests.fixtures.pki import PKIFiles
 from tests.fixtures.proxy import base_config
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pgtls_proxy import cli
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
 from tests.fixtures.pki import PKIFiles
 from tests.fixtures.proxy import base_config
 from tests.test_check import Case

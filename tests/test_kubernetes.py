@@ -46,8 +46,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pgtls_proxy.ca import authority
 from pgtls_proxy.config import Config, build_config
-from pgtls_proxy.pki import authority
 from pgtls_proxy.watch import watched_files
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.pki import PKIFiles

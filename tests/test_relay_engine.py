@@ -25,8 +25,8 @@ import trio
 import trio.testing
 
 from pgtls_proxy import relay as relay_mod
+from pgtls_proxy.ca import authority
 from pgtls_proxy.netio import PlainStream, TLSStream
-from pgtls_proxy.pki import authority
 from pgtls_proxy.relay import MAX_READ, TLS_READ, RelayResult, engine, relay
 
 Stream = PlainStream | TLSStream

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import trio
 
 from pgtls_proxy import __version__
+from pgtls_proxy.ca import commands as pki_commands
 from pgtls_proxy.config import Config, ConfigError, default_config_path, load_config
 from pgtls_proxy.logsetup import LOGGER_NAME, escape, route_process_output, setup_logging
-from pgtls_proxy.pki import commands as pki_commands
 from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.secretfiles import InsecureFileError
 
@@ -99,7 +99,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pgtls_proxy.demo import run_demo
+    from pgtls_proxy.demo.run import run_demo
 
     return run_demo(port=args.port, keep=args.keep)
 

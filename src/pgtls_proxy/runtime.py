@@ -115,7 +115,10 @@ class Runtime:
         self.state = state
         self.metrics.server_cert_expiry.set(state.server_cert_not_after.timestamp())
         self.metrics.declare_backends(list(state.config.backends))
-        state.revocation.export(self.metrics)
+        # Issuers gone since the last state lose their series.
+        self.metrics.crl_next_update.clear()
+        for issuer, when in state.revocation.next_updates().items():
+            self.metrics.crl_next_update.labels(issuer).set(when.timestamp())
 
     @property
     def config(self) -> Config:

@@ -46,7 +46,7 @@ USERS = ("scram_user", "md5_user", "pw_user", "cert_user", "plain_scram")
 
 @pytest.fixture(scope="module")
 def tls_cluster(pki: PKIFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from pgtls_proxy.pgcluster import PgCluster
+    from pgtls_proxy.demo.cluster import PgCluster
     from tests.fixtures.cluster import require_pg_bin_dir
 
     cluster = PgCluster(bin_dir=require_pg_bin_dir())

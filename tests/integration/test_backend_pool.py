@@ -25,7 +25,7 @@ import psycopg
 import pytest
 import yaml
 
-from pgtls_proxy.pgcluster import PgCluster
+from pgtls_proxy.demo.cluster import PgCluster
 from pgtls_proxy.wire.codec import MessageReader, encode_message, terminate
 from tests.fixtures.clients import (
     SSL_REQUEST,

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgtls_proxy.pgcluster import PgCluster, quote_literal
+from pgtls_proxy.demo.cluster import PgCluster, quote_literal
 from tests.fixtures.clients import (
     SSL_REQUEST,
     cancel_during_sleep,

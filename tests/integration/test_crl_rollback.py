@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from cryptography import x509
 
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
 from tests.fixtures.chain_pki import ChainPKI
 from tests.fixtures.clients import connect
 from tests.fixtures.logs import captured_log

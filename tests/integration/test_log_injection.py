@@ -24,8 +24,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pgtls_proxy.ca import authority
 from pgtls_proxy.logsetup import CONTINUATION, TEXT_RECORD, escape
-from pgtls_proxy.pki import authority
 from tests.fixtures.clients import (
     SSL_REQUEST,
     conninfo,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
 from tests.fixtures.clients import current_user
 from tests.fixtures.pki import PKIFiles
 from tests.fixtures.proxy import ProxyFactory

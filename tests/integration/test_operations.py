@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from cryptography import x509
 
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
 from tests.fixtures.clients import SSL_REQUEST, client_tls_context, connect, current_user
 from tests.fixtures.pki import PKIFiles, issue_custom
 from tests.fixtures.proxy import deep_merge

@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pgtls_proxy import pgcluster
-from pgtls_proxy.pgcluster import ClusterError, PgCluster, find_pg_bin_dir
+from pgtls_proxy.demo import cluster as pgcluster
+from pgtls_proxy.demo.cluster import ClusterError, PgCluster, find_pg_bin_dir
 from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures.cluster import ClusterFactory
 from tests.fixtures.pki import self_signed

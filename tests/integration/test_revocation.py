@@ -24,7 +24,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
 from tests.fixtures.chain_pki import ChainPKI
 from tests.fixtures.clients import SSL_REQUEST, current_user
 from tests.fixtures.logs import captured_log

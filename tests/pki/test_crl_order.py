@@ -15,8 +15,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pgtls_proxy.ca import authority
 from pgtls_proxy.config import TLSSettings
-from pgtls_proxy.pki import authority
 from pgtls_proxy.pki.revocation import (
     CRLLoader,
     CRLSource,

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgtls_proxy.pki import authority
+from pgtls_proxy.ca import authority
 from pgtls_proxy.pki.identity import CertIdentity
 
 CA_KEY = authority.generate_key()

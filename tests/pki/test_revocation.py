@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from prometheus_client import CollectorRegistry, Gauge
 
 from pgtls_proxy.config import TLSSettings
 from pgtls_proxy.pki.peer import first_certificate
@@ -271,18 +270,11 @@ def test_chain_for_rebuilds_the_chain_from_the_bundle(chain_pki: ChainPKI, tmp_p
     assert alone.check_chain(lone).problems == ("no CRL for issuer CN=Test Intermediate",)
 
 
-def test_export_publishes_each_issuers_next_update(chain_pki: ChainPKI, tmp_path: Path) -> None:
-    class Sink:
-        crl_next_update = Gauge("crl_next_update", "t", ["issuer"], registry=CollectorRegistry())
-
-    sink = Sink()
-    sink.crl_next_update.labels("CN=Gone").set(1)
+def test_next_updates_gives_each_issuers_latest(chain_pki: ChainPKI, tmp_path: Path) -> None:
     loaded = checker(chain_pki, tmp_path)
-    loaded.export(sink)
-    [family] = sink.crl_next_update.collect()
-    values = {sample.labels["issuer"]: sample.value for sample in family.samples}
-    assert set(values) == {"CN=Test Root", "CN=Test Intermediate", "CN=Test Intermediate 2"}
-    assert values["CN=Test Root"] == loaded.crls[0].next_update.timestamp()  # type: ignore[union-attr]
+    latest = loaded.next_updates()
+    assert set(latest) == {"CN=Test Root", "CN=Test Intermediate", "CN=Test Intermediate 2"}
+    assert latest["CN=Test Root"] == loaded.crls[0].next_update
 
 
 # ------------------------------------------------------------------ the captured certificate

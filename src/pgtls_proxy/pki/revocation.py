@@ -54,7 +54,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -474,20 +473,19 @@ class RevocationChecker:
         self._reported.add(problem)
         return True
 
-    def export(self, metrics: Any) -> None:
-        """Publish each issuer's latest ``nextUpdate`` (and drop issuers now gone)."""
-        gauge = getattr(metrics, "crl_next_update", None)
-        if gauge is None:
-            return
-        gauge.clear()
+    def next_updates(self) -> dict[str, datetime]:
+        """Each issuer's latest ``nextUpdate``: when its CRLs go stale.
+
+        The caller publishes it (the ``crl_next_update`` gauge); pki/ only
+        decides, so it stays free of the metrics library.
+        """
         latest: dict[str, datetime] = {}
         for item in self.crls:
             if item.next_update is not None:
                 seen = latest.get(item.issuer)
                 if seen is None or item.next_update > seen:
                     latest[item.issuer] = item.next_update
-        for issuer, when in latest.items():
-            gauge.labels(issuer).set(when.timestamp())
+        return latest
 
 
 def load_revocation(

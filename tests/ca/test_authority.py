@@ -20,8 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pgtls_proxy.pki import authority, commands
-from pgtls_proxy.pki.authority import AuthorityError
+from pgtls_proxy.ca import authority, commands
+from pgtls_proxy.ca.authority import AuthorityError
 from pgtls_proxy.pki.identity import CertIdentity
 
 

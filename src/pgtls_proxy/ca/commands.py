@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pgtls_proxy.pki import authority
-from pgtls_proxy.pki.authority import AuthorityError
+from pgtls_proxy.ca import authority
+from pgtls_proxy.ca.authority import AuthorityError
 
 Handler = Callable[[argparse.Namespace], int]
 

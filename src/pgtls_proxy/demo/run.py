@@ -17,10 +17,10 @@ from pathlib import Path
 import trio
 import yaml
 
+from pgtls_proxy.ca import authority
 from pgtls_proxy.config import load_config
+from pgtls_proxy.demo.cluster import PgCluster, find_pg_bin_dir
 from pgtls_proxy.logsetup import setup_logging
-from pgtls_proxy.pgcluster import PgCluster, find_pg_bin_dir
-from pgtls_proxy.pki import authority
 from pgtls_proxy.server import Bound, Proxy
 
 DEMO_USER = "alice"

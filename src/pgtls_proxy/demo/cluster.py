@@ -734,7 +734,7 @@ def _run(
 
 
 def _config_text(lines: Sequence[str]) -> str:
-    return "# Written by pgtls_proxy.pgcluster.\n" + "".join(f"{line}\n" for line in lines)
+    return "# Written by pgtls_proxy.demo.cluster.\n" + "".join(f"{line}\n" for line in lines)
 
 
 def _conninfo_quote(value: str) -> str:
