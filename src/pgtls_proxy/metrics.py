@@ -19,24 +19,12 @@ from prometheus_client import (
 )
 
 from pgtls_proxy import __version__
+from pgtls_proxy.outcomes import HandshakeResult, Outcome
 
-HANDSHAKE_RESULTS = (
-    "ok",
-    "no_certificate",
-    "unknown_ca",
-    "expired",
-    "not_yet_valid",
-    "revoked",
-    "crl_unavailable",
-    "bad_certificate",
-    "protocol_version",
-    "no_alpn",
-    "timeout",
-    "aborted",
-    "plaintext_rejected",
-)
+# Label values derived from the enums the session writes them with.
+HANDSHAKE_RESULTS: tuple[HandshakeResult, ...] = tuple(HandshakeResult)
 NEGOTIATIONS = ("sslrequest", "direct")
-SESSION_OUTCOMES = ("completed", "denied", "backend_error", "startup_error", "client_error")
+SESSION_OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 POOL_RESULTS = ("reused", "kept", "discarded")
 DENIAL_REASONS = ("no_rule", "reject_rule", "user_mismatch")
 DIRECTIONS = ("client_to_backend", "backend_to_client")
