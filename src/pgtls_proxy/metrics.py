@@ -199,8 +199,7 @@ class Metrics:
         self.handshake_time = {k: self.handshake_duration.labels(k) for k in NEGOTIATIONS}
         self.session_by_outcome = {k: self.sessions.labels(k) for k in SESSION_OUTCOMES}
         self.denied_by_reason = {k: self.auth_denied.labels(k) for k in DENIAL_REASONS}
-        self.bytes_c2b = self.bytes.labels("client_to_backend")
-        self.bytes_b2c = self.bytes.labels("backend_to_client")
+        self.bytes_c2b, self.bytes_b2c = (self.bytes.labels(k) for k in DIRECTIONS)
         self.cancel_by_result = {k: self.cancel_requests.labels(k) for k in CANCEL_RESULTS}
         self.reload_by_result = {k: self.config_reloads.labels(k) for k in RELOAD_RESULTS}
         self.file_reload_by_result = {k: self.file_reloads.labels(k) for k in RELOAD_RESULTS}

@@ -19,6 +19,7 @@ import trio
 from cryptography import x509
 
 from pgtls_proxy import audit as audit_mod
+from pgtls_proxy.addresses import format_addr
 from pgtls_proxy.admission import Ticket
 from pgtls_proxy.audit import AuditRecord
 from pgtls_proxy.backend import BackendUnavailable, open_backend, run_login
@@ -99,13 +100,6 @@ class Refusal(Exception):
         self.message = message
 
 
-def format_addr(addr: tuple[str, int] | tuple[str, int, int, int] | str) -> str:
-    if isinstance(addr, str):
-        return addr or "local"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _source_ip(addr: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if isinstance(addr, tuple) and addr:
         try:
@@ -141,8 +135,6 @@ class Session:
         sock: socket.socket,
         peer: object,
         *,
-        client_addr: str | None = None,
-        source: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
         proxy_protocol: bool = False,
         ticket: Ticket | None = None,
     ) -> None:
@@ -158,10 +150,10 @@ class Session:
         self.pool_key: PoolKey | None = None
         self.backend_login: LoginResult | None = None
         self.backend_opened = 0.0
-        self.source = source or _source_ip(peer)
+        self.source = _source_ip(peer)
         self.audit = AuditRecord(
             session=self.sid,
-            client_addr=client_addr or format_addr(peer),  # type: ignore[arg-type]
+            client_addr=format_addr(peer),  # type: ignore[arg-type]
         )
         self.log = SessionLog(_logger, {"session": self.sid})
         self.phase = Phase.NEGOTIATION
