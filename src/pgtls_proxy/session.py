@@ -34,7 +34,7 @@ from pgtls_proxy.pki import peer
 from pgtls_proxy.pki import rules as rules_mod
 from pgtls_proxy.pki.contexts import ALPN_POSTGRESQL, classify_handshake_error
 from pgtls_proxy.pki.identity import CertIdentity
-from pgtls_proxy.relay import relay
+from pgtls_proxy.relay import Side, relay_session
 from pgtls_proxy.runtime import Runtime, TLSState
 from pgtls_proxy.wire import codec, proxyproto
 from pgtls_proxy.wire.auth import PasswordAnswerer
@@ -661,7 +661,7 @@ class Session:
 
     async def _relay(self) -> None:
         assert self.backend_stream is not None
-        result = await relay(
+        result = await relay_session(
             self.client,
             self.backend_stream,
             self.metrics.bytes_c2b,
@@ -674,7 +674,7 @@ class Session:
         if result.terminated and await self._keep_backend():
             self.log.debug("P: relay ended by Terminate; backend session kept")
             return
-        if result.ended_by == "client":
+        if result.ended_by == Side.CLIENT:
             # The client vanished without Terminate, or sent it; either way
             # tell the backend we are done so it frees the session at once.
             try:
