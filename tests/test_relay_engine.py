@@ -27,7 +27,7 @@ import trio.testing
 from pgtls_proxy import relay as relay_mod
 from pgtls_proxy.ca import authority
 from pgtls_proxy.netio import PlainStream, TLSStream
-from pgtls_proxy.relay import MAX_READ, TLS_READ, RelayResult, engine, relay
+from pgtls_proxy.relay import MAX_READ, TLS_READ, RelayResult, engine, relay_session
 
 Stream = PlainStream | TLSStream
 
@@ -191,7 +191,7 @@ async def read_exactly(stream: Stream, n: int) -> bytes:
 
 
 class RelayTask:
-    """Runs ``relay()`` in a nursery task; ``done`` is set when it returned."""
+    """Runs ``relay_session()`` in a nursery task; ``done`` is set when it returned."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -203,7 +203,7 @@ class RelayTask:
 
     async def run(self) -> None:
         with self.scope:
-            self.result = await relay(
+            self.result = await relay_session(
                 self.link.client_proxy, self.link.backend_proxy, self.c2b, self.b2c
             )
         self.done.set()
@@ -221,9 +221,9 @@ def start_relay(nursery: trio.Nursery, link: Link) -> RelayTask:
     return task
 
 
-def only_relay() -> relay_mod._Relay:
+def only_relay() -> relay_mod._RelayedSession:
     """The single relay the engine runs (white-box, for the engine's own state)."""
-    relays = {id(r): r for r, _ in engine()._fds.values()}
+    relays = {id(r): r for r, _, _ in engine()._fds.values()}
     assert len(relays) == 1, relays
     return next(iter(relays.values()))
 
@@ -344,7 +344,7 @@ async def fill_until_stuck(sender: socket.socket, data: bytes) -> int:
 
 
 @contextlib.contextmanager
-def engine_state() -> Iterator[relay_mod._Relay]:
+def engine_state() -> Iterator[relay_mod._RelayedSession]:
     """The single relay the engine runs, to inspect its state (white-box).
 
     Under the engine's lock when it has one (an engine thread).
@@ -363,10 +363,10 @@ async def test_backpressure_pauses_the_source_until_the_destination_drains(
     link = await make_link(kind, sockets, tls)
     if direction == "c2b":
         src, dst_proxy, dst = link.client, link.backend_proxy, link.backend
-        src_index, max_read = 0, TLS_READ
+        max_read = TLS_READ
     else:
         src, dst_proxy, dst = link.backend, link.client_proxy, link.client
-        src_index, max_read = 1, MAX_READ
+        max_read = MAX_READ
     data = payload(4_000_000, 3)
     async with trio.open_nursery() as nursery:
         task = start_relay(nursery, link)
@@ -386,10 +386,10 @@ async def test_backpressure_pauses_the_source_until_the_destination_drains(
 
         # White box: the direction holds bytes and its source is not being read.
         with engine_state() as r:
-            pipe = r.c2b if direction == "c2b" else r.b2c
+            pipe, reverse = (r.c2b, r.b2c) if direction == "c2b" else (r.b2c, r.c2b)
             assert 0 < len(pipe.pending) <= max_read
-            assert not r.masks[src_index] & select.EPOLLIN
-            assert r.masks[1 - src_index] & select.EPOLLOUT
+            assert not pipe.mask & select.EPOLLIN  # its source is not read
+            assert reverse.mask & select.EPOLLOUT  # its destination is watched
         assert not task.done.is_set()
 
         # The reader drains: everything arrives, intact and in order.
@@ -407,7 +407,7 @@ async def test_backpressure_pauses_the_source_until_the_destination_drains(
         assert got == [data]
         with engine_state() as r:
             assert not pipe.pending
-            assert r.masks[src_index] & select.EPOLLIN
+            assert pipe.mask & select.EPOLLIN
 
         await link.client.aclose()
         result = await task.wait()

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pgtls_proxy.addresses import host_port
 from pgtls_proxy.pki.rules import IdentityPattern, PatternError, check_template, compile_identity
 
 DEFAULT_CONFIG_PATH = "/etc/pgtls-proxy/pgtls-proxy.yaml"
@@ -44,7 +45,7 @@ class HostPort:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)

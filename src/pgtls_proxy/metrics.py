@@ -19,24 +19,12 @@ from prometheus_client import (
 )
 
 from pgtls_proxy import __version__
+from pgtls_proxy.outcomes import HandshakeResult, Outcome
 
-HANDSHAKE_RESULTS = (
-    "ok",
-    "no_certificate",
-    "unknown_ca",
-    "expired",
-    "not_yet_valid",
-    "revoked",
-    "crl_unavailable",
-    "bad_certificate",
-    "protocol_version",
-    "no_alpn",
-    "timeout",
-    "aborted",
-    "plaintext_rejected",
-)
+# Label values derived from the enums the session writes them with.
+HANDSHAKE_RESULTS: tuple[HandshakeResult, ...] = tuple(HandshakeResult)
 NEGOTIATIONS = ("sslrequest", "direct")
-SESSION_OUTCOMES = ("completed", "denied", "backend_error", "startup_error", "client_error")
+SESSION_OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 POOL_RESULTS = ("reused", "kept", "discarded")
 DENIAL_REASONS = ("no_rule", "reject_rule", "user_mismatch")
 DIRECTIONS = ("client_to_backend", "backend_to_client")
@@ -211,8 +199,7 @@ class Metrics:
         self.handshake_time = {k: self.handshake_duration.labels(k) for k in NEGOTIATIONS}
         self.session_by_outcome = {k: self.sessions.labels(k) for k in SESSION_OUTCOMES}
         self.denied_by_reason = {k: self.auth_denied.labels(k) for k in DENIAL_REASONS}
-        self.bytes_c2b = self.bytes.labels("client_to_backend")
-        self.bytes_b2c = self.bytes.labels("backend_to_client")
+        self.bytes_c2b, self.bytes_b2c = (self.bytes.labels(k) for k in DIRECTIONS)
         self.cancel_by_result = {k: self.cancel_requests.labels(k) for k in CANCEL_RESULTS}
         self.reload_by_result = {k: self.config_reloads.labels(k) for k in RELOAD_RESULTS}
         self.file_reload_by_result = {k: self.file_reloads.labels(k) for k in RELOAD_RESULTS}

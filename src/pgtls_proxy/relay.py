@@ -1,6 +1,11 @@
 """The steady state: copy bytes both ways until either side closes.
 
-No message parsing. Why not two trio tasks per session, each looping over
+The bytes pass through as they come, never parsed into messages, with one
+exception: when the backend session may be kept for reuse, the client's bytes
+are framed by :class:`~pgtls_proxy.wire.reuse.TerminateWatch` so that a final
+Terminate is held back (``RelayResult.terminated``).
+
+Why not two trio tasks per session, each looping over
 ``recv``/``send``: every wait for readiness then costs a task switch and an
 ``epoll_ctl`` in trio's scheduler, and every optimistic read that finds
 nothing raises an exception; together that was about half of the relay's
@@ -15,17 +20,22 @@ bytes (OpenSSL and the socket calls release it), and it never goes through
 trio's scheduler: driving the same loop from a trio task cost a third more
 CPU per round trip.
 
-Trio's side registers a relay and waits on its event; everything the two
-threads share is guarded by one lock, held by the engine thread only while
-it handles a batch of events.
+Trio's side adds a session (:meth:`RelayEngine.add_session`) and waits on
+its event; everything the two threads share is guarded by one lock, held by
+the engine thread only while it handles a batch of events.
 
 Reads go into one buffer shared by all sessions of the engine and are sent
 on at once; only what a full socket would not take is copied aside, and the
 source of that direction is paused until the destination drains. An idle
 session therefore holds no buffer at all.
 
-The session task waits on its relay's event and may be cancelled at any
-time (drain, shutdown); cancellation takes both sockets out of the engine.
+The session task waits on that event and may be cancelled at any time
+(drain, shutdown); cancellation takes both sockets out of the engine.
+
+Names: :func:`relay_session` is what a session calls; it hands the session to
+this trio run's :class:`RelayEngine` (:func:`engine`), which keeps a
+:class:`_RelayedSession` of two :class:`_Pipe` directions, one per
+:class:`Side` that a socket can be the source of.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 import trio
@@ -74,6 +85,17 @@ _CLOSED = (
 )
 
 
+class Side(StrEnum):
+    """The two ends of a relayed session; ``RelayResult.ended_by`` names one."""
+
+    CLIENT = "client"
+    BACKEND = "backend"
+
+    @property
+    def other(self) -> Side:
+        return Side.BACKEND if self is Side.CLIENT else Side.CLIENT
+
+
 class _Counter(Protocol):
     """What the relay needs of a prometheus counter child."""
 
@@ -84,7 +106,7 @@ class _Counter(Protocol):
 class RelayResult:
     bytes_in: int = 0  # client -> backend
     bytes_out: int = 0  # backend -> client
-    ended_by: str = ""  # "client" or "backend"
+    ended_by: str = ""  # a Side, or "" when the proxy ended the relay
     error: str = ""  # why, when a socket failed rather than closed
     # The client ended with Terminate at a message boundary, which was not
     # passed on: the backend session is idle and open (see backend_pool).
@@ -95,7 +117,7 @@ class RelayResult:
 class _Pipe:
     """One direction: bytes read from ``src`` are written to ``dst``."""
 
-    name: str  # the side that ``src`` is: "client" or "backend"
+    side: Side  # the side that ``src`` is
     src: socket.socket
     dst: socket.socket
     max_read: int
@@ -108,10 +130,11 @@ class _Pipe:
     total: int = 0
     unreported: int = 0  # bytes not yet added to the counter
     pending: bytes = b""  # what ``dst`` has not taken yet; ``src`` is paused meanwhile
+    mask: int = 0  # the epoll interest registered for ``src``'s descriptor
 
 
 def _pipe(
-    name: str, src: socket.socket, dst: socket.socket, max_read: int, inc: Callable[[int], None]
+    side: Side, src: socket.socket, dst: socket.socket, max_read: int, inc: Callable[[int], None]
 ) -> _Pipe:
     """Bind the calls the hot loop makes.
 
@@ -127,27 +150,31 @@ def _pipe(
     write: Callable[..., int] = dst.send
     if isinstance(dst, ssl.SSLSocket):
         write = (getattr(dst, "_sslobj", None) or dst).write
-    return _Pipe(name, src, dst, max_read, inc, tls_read, tls_pending, write)
+    return _Pipe(side, src, dst, max_read, inc, tls_read, tls_pending, write)
 
 
 @dataclass(slots=True, eq=False)
-class _Relay:
+class _RelayedSession:
+    """One session in the engine: the client's socket is ``c2b.src``, the backend's ``b2c.src``."""
+
     c2b: _Pipe
     b2c: _Pipe
     done: trio.Event = field(default_factory=trio.Event)
     finished: bool = False  # under the engine's lock; ``done`` follows in trio
     result: RelayResult = field(default_factory=RelayResult)
-    # epoll interest currently registered for the client's and backend's fd
-    masks: list[int] = field(default_factory=lambda: [0, 0])
+
+
+# What the engine keeps per registered descriptor: the session, the pipe that
+# reads from the socket, and the pipe that writes to it.
+_Entry = tuple[_RelayedSession, _Pipe, _Pipe]
 
 
 class RelayEngine:
-    """All relays of one trio run, driven by one thread from one epoll set."""
+    """All relayed sessions of one trio run, driven by one thread from one epoll set."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        # fd -> (relay, index 0 for the client's socket / 1 for the backend's)
-        self._fds: dict[int, tuple[_Relay, int]] = {}
+        self._fds: dict[int, _Entry] = {}
         self._buf = memoryview(bytearray(MAX_READ))
         self._lock = threading.Lock()
         self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -157,7 +184,7 @@ class RelayEngine:
 
     @property
     def active(self) -> int:
-        """Relays currently registered (for tests and introspection)."""
+        """Sessions currently relayed (for tests and introspection)."""
         return len(self._fds) // 2
 
     # ------------------------------------------------------------ trio side
@@ -173,12 +200,12 @@ class RelayEngine:
             os.eventfd_write(self._stop, 1)
             self._thread.join()
             with self._lock:
-                for relay, _ in list(self._fds.values()):
-                    self._finish(relay, "", "proxy shutting down")
+                for r, _, _ in list(self._fds.values()):
+                    self._finish(r, "", "proxy shutting down")
             self._epoll.close()
             os.close(self._stop)
 
-    async def relay(
+    async def add_session(
         self,
         client: ByteStream,
         backend: ByteStream,
@@ -187,26 +214,24 @@ class RelayEngine:
         *,
         keep_backend: bool = False,
     ) -> RelayResult:
-        """Relay until one side closes; cancellation removes the sockets.
+        """Relay a session until one side closes; cancellation removes the sockets.
 
         With ``keep_backend`` the client's Terminate is not passed on when it
         is the last thing the client sent (``RelayResult.terminated``).
         """
         csock, bsock = client.sock, backend.sock
-        r = _Relay(
-            c2b=_pipe("client", csock, bsock, TLS_READ, c2b.inc),
-            b2c=_pipe("backend", bsock, csock, MAX_READ, b2c.inc),
+        r = _RelayedSession(
+            c2b=_pipe(Side.CLIENT, csock, bsock, TLS_READ, c2b.inc),
+            b2c=_pipe(Side.BACKEND, bsock, csock, MAX_READ, b2c.inc),
         )
         if keep_backend:
             r.c2b.watch = TerminateWatch()
         try:
             with self._lock:
-                self._fds[csock.fileno()] = (r, 0)
-                self._fds[bsock.fileno()] = (r, 1)
-                self._epoll.register(csock.fileno(), _IN)
-                r.masks[0] = _IN
-                self._epoll.register(bsock.fileno(), _IN)
-                r.masks[1] = _IN
+                for reads, writes in ((r.c2b, r.b2c), (r.b2c, r.c2b)):
+                    self._fds[reads.src.fileno()] = (r, reads, writes)
+                    self._epoll.register(reads.src.fileno(), _IN)
+                    reads.mask = _IN
                 # Bytes OpenSSL already decrypted during the startup exchange
                 # never show up as readiness of the socket.
                 for pipe in (r.c2b, r.b2c):
@@ -246,23 +271,22 @@ class RelayEngine:
                     if entry is None:
                         continue
                     try:
-                        self._handle(entry[0], entry[1], events)
+                        self._handle(entry[0], entry[1], entry[2], events)
                     except Exception as exc:  # a bug must not stop every relay
                         log.exception("relay engine: unexpected error")
                         self._finish(entry[0], "", f"internal error: {exc!r}")
                 now = time.monotonic()
                 if now >= next_report:
                     next_report = now + COUNTER_INTERVAL
-                    for r, index in list(fds.values()):
-                        if index == 0:
+                    for r, reads, _ in list(fds.values()):
+                        if reads is r.c2b:  # once per session
                             _report(r.c2b)
                             _report(r.b2c)
 
     # ------------------------------------------------------------ engine side
 
-    def _handle(self, r: _Relay, index: int, events: int) -> None:
-        # index 0: the client's socket is c2b's source and b2c's destination.
-        as_src, as_dst = (r.c2b, r.b2c) if index == 0 else (r.b2c, r.c2b)
+    def _handle(self, r: _RelayedSession, as_src: _Pipe, as_dst: _Pipe, events: int) -> None:
+        # The socket is ``as_src``'s source and ``as_dst``'s destination.
         if events & _OUT and as_dst.pending:
             self._flush(r, as_dst)
         if r.finished:
@@ -274,9 +298,9 @@ class RelayEngine:
             # paused): nothing more will come through it. (Checked on the
             # socket itself: the event may be stale, for an earlier socket
             # that had the same descriptor.)
-            self._finish(r, as_src.name, "connection lost")
+            self._finish(r, as_src.side, "connection lost")
 
-    def _pump(self, r: _Relay, p: _Pipe) -> None:
+    def _pump(self, r: _RelayedSession, p: _Pipe) -> None:
         if p.pending:  # paused until the destination drains
             return
         buf = self._buf
@@ -295,10 +319,10 @@ class RelayEngine:
             except _CLOSED:
                 n = 0
             except OSError as exc:
-                self._finish(r, p.name, _describe(exc))
+                self._finish(r, p.side, _describe(exc))
                 return
             if not n:
-                self._finish(r, p.name, "")
+                self._finish(r, p.side, "")
                 return
             p.total += n
             p.unreported += n
@@ -307,7 +331,7 @@ class RelayEngine:
                 if at >= 0:
                     if self._send(r, p, buf[:at]):
                         r.result.terminated = True
-                        self._finish(r, p.name, "")
+                        self._finish(r, p.side, "")
                     # else: the Terminate is dropped; the client's EOF ends
                     # the relay and the session terminates the backend.
                     return
@@ -317,7 +341,7 @@ class RelayEngine:
             except _WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
-                self._finish(r, "backend" if p.name == "client" else "client", _describe(exc))
+                self._finish(r, p.side.other, _describe(exc))
                 return
             if sent != n and not self._send(r, p, buf[sent:n]):
                 return
@@ -325,7 +349,7 @@ class RelayEngine:
             if tls_read is None or not p.tls_pending():  # type: ignore[misc]
                 return
 
-    def _send(self, r: _Relay, p: _Pipe, view: memoryview) -> bool:
+    def _send(self, r: _RelayedSession, p: _Pipe, view: memoryview) -> bool:
         """Write ``view`` to ``p.dst``; keep and pause on what does not fit."""
         write = p.write
         while view:
@@ -334,7 +358,7 @@ class RelayEngine:
             except _WOULD_BLOCK:
                 break
             except OSError as exc:
-                self._finish(r, "backend" if p.name == "client" else "client", _describe(exc))
+                self._finish(r, p.side.other, _describe(exc))
                 return False
             view = view[sent:]
         if not view:
@@ -343,7 +367,7 @@ class RelayEngine:
         self._update(r)
         return False
 
-    def _flush(self, r: _Relay, p: _Pipe) -> None:
+    def _flush(self, r: _RelayedSession, p: _Pipe) -> None:
         data = p.pending
         p.pending = b""
         if self._send(r, p, memoryview(data)):
@@ -351,19 +375,18 @@ class RelayEngine:
             # The paused source may hold data OpenSSL already read.
             self._pump(r, p)
 
-    def _update(self, r: _Relay) -> None:
+    def _update(self, r: _RelayedSession) -> None:
+        """Read a socket unless its pipe is paused; watch for writability while
+        the other pipe holds bytes for it."""
         if r.finished:
             return
-        want = [
-            (0 if r.c2b.pending else _IN) | (_OUT if r.b2c.pending else 0),
-            (0 if r.b2c.pending else _IN) | (_OUT if r.c2b.pending else 0),
-        ]
-        for i, sock in ((0, r.c2b.src), (1, r.b2c.src)):
-            if want[i] != r.masks[i]:
-                self._epoll.modify(sock.fileno(), want[i])
-                r.masks[i] = want[i]
+        for reads, writes in ((r.c2b, r.b2c), (r.b2c, r.c2b)):
+            want = (0 if reads.pending else _IN) | (_OUT if writes.pending else 0)
+            if want != reads.mask:
+                self._epoll.modify(reads.src.fileno(), want)
+                reads.mask = want
 
-    def _finish(self, r: _Relay, ended_by: str, error: str) -> None:
+    def _finish(self, r: _RelayedSession, ended_by: str, error: str) -> None:
         """End ``r`` (the lock is held); its task wakes in trio."""
         if r.finished:
             return
@@ -425,7 +448,7 @@ def engine() -> RelayEngine:
         return eng
 
 
-async def relay(
+async def relay_session(
     client: ByteStream,
     backend: ByteStream,
     c2b: _Counter,
@@ -434,4 +457,4 @@ async def relay(
     keep_backend: bool = False,
 ) -> RelayResult:
     """Relay until one side closes; the other direction ends with it."""
-    return await engine().relay(client, backend, c2b, b2c, keep_backend=keep_backend)
+    return await engine().add_session(client, backend, c2b, b2c, keep_backend=keep_backend)

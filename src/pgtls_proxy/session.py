@@ -14,12 +14,12 @@ import secrets
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 
 import trio
 from cryptography import x509
 
 from pgtls_proxy import audit as audit_mod
+from pgtls_proxy.addresses import format_addr
 from pgtls_proxy.admission import Ticket
 from pgtls_proxy.audit import AuditRecord
 from pgtls_proxy.backend import BackendUnavailable, open_backend, run_login
@@ -29,11 +29,12 @@ from pgtls_proxy.cancel_delivery import deliver_cancel
 from pgtls_proxy.config import BackendSettings
 from pgtls_proxy.logsetup import LOGGER_NAME, SessionLog
 from pgtls_proxy.netio import ByteStream, PlainStream, StreamClosed, TLSStream
+from pgtls_proxy.outcomes import HandshakeResult, Outcome, Phase
 from pgtls_proxy.pki import peer
 from pgtls_proxy.pki import rules as rules_mod
 from pgtls_proxy.pki.contexts import ALPN_POSTGRESQL, classify_handshake_error
 from pgtls_proxy.pki.identity import CertIdentity
-from pgtls_proxy.relay import relay
+from pgtls_proxy.relay import Side, relay_session
 from pgtls_proxy.runtime import Runtime, TLSState
 from pgtls_proxy.wire import codec, proxyproto
 from pgtls_proxy.wire.auth import PasswordAnswerer
@@ -65,16 +66,38 @@ class _Done(Exception):
     """Ends a connection early; the outcome is already recorded."""
 
 
-@dataclass(slots=True)
-class _Phase:
-    name: str = "negotiation"
+# A log line to write: level, %-format and its arguments, formatted by the
+# logger like every other line.
+LogLine = tuple[int, str, tuple[object, ...]]
 
 
-def format_addr(addr: tuple[str, int] | tuple[str, int, int, int] | str) -> str:
-    if isinstance(addr, str):
-        return addr or "local"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+class Refusal(Exception):
+    """Ends a connection before the relay; :meth:`Session.run` carries it out.
+
+    In this order: count the handshake ``result`` (unless the handshake was
+    counted already), write ``log``, record ``outcome`` and ``error`` for the
+    audit record and ``pgtls_sessions_total``, and send the client a FATAL
+    ErrorResponse ``sqlstate`` / ``message``, or close without a word when
+    ``sqlstate`` is None.
+    """
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        error: str,
+        *,
+        result: HandshakeResult | None = None,
+        log: LogLine | None = None,
+        sqlstate: str | None = None,
+        message: str = "",
+    ) -> None:
+        super().__init__(error)
+        self.outcome = outcome
+        self.error = error
+        self.result = result
+        self.log = log
+        self.sqlstate = sqlstate
+        self.message = message
 
 
 def _source_ip(addr: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -112,8 +135,6 @@ class Session:
         sock: socket.socket,
         peer: object,
         *,
-        client_addr: str | None = None,
-        source: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
         proxy_protocol: bool = False,
         ticket: Ticket | None = None,
     ) -> None:
@@ -129,13 +150,15 @@ class Session:
         self.pool_key: PoolKey | None = None
         self.backend_login: LoginResult | None = None
         self.backend_opened = 0.0
-        self.source = source or _source_ip(peer)
+        self.source = _source_ip(peer)
         self.audit = AuditRecord(
             session=self.sid,
-            client_addr=client_addr or format_addr(peer),  # type: ignore[arg-type]
+            client_addr=format_addr(peer),  # type: ignore[arg-type]
         )
         self.log = SessionLog(_logger, {"session": self.sid})
-        self.phase = _Phase()
+        self.phase = Phase.NEGOTIATION
+        # Written into the audit record and pgtls_sessions_total at the end.
+        self.outcome = Outcome.CLIENT_ERROR
         self.handshake_counted = False
         self.cancel_key: tuple[int, bytes] | None = None
         self.active_backend: str | None = None
@@ -149,7 +172,7 @@ class Session:
 
     # ------------------------------------------------------------ outcome helpers
 
-    def _handshake_result(self, result: str) -> None:
+    def _handshake_result(self, result: HandshakeResult) -> None:
         if not self.handshake_counted:
             self.handshake_counted = True
             self.metrics.handshake_by_result[result].inc()
@@ -164,10 +187,17 @@ class Session:
         except (StreamClosed, OSError):
             pass
 
-    def _fail(self, outcome: str, error: str) -> _Done:
-        self.audit.outcome = outcome
-        self.audit.error = error
-        return _Done(error)
+    async def _refuse(self, refusal: Refusal) -> None:
+        """Carry out a :class:`Refusal`: count, log, record, tell the client."""
+        if refusal.result is not None:
+            self._handshake_result(refusal.result)
+        if refusal.log is not None:
+            level, msg, args = refusal.log
+            self.log.log(level, msg, *args)
+        self.outcome = refusal.outcome
+        self.audit.error = refusal.error
+        if refusal.sqlstate is not None:
+            await self._fatal(refusal.sqlstate, refusal.message)
 
     # ------------------------------------------------------------ life cycle
 
@@ -180,45 +210,54 @@ class Session:
                 with trio.move_on_after(cfg.limits.startup_timeout) as scope:
                     await self._startup()
                 if scope.cancelled_caught:
-                    await self._startup_timed_out()
-                    return
+                    raise self._startup_timed_out()
+            except Refusal as refusal:
+                await self._refuse(refusal)
+                return
             except _Done:
                 return
             lingering = False
             await self._relay()
         except Exception as exc:  # a bug must not take the server down
-            self.audit.outcome = "startup_error" if self.phase.name != "relay" else "completed"
+            relaying = self.phase is Phase.RELAY
+            self.outcome = Outcome.COMPLETED if relaying else Outcome.STARTUP_ERROR
             self.audit.error = self.audit.error or f"internal error: {exc!r}"
             self.log.exception("P: unexpected error in session")
         finally:
             if self.ticket is not None and self.ticket.evicted:
                 # Made room for a newcomer (limits.max_pending).
                 self.close_at_once = True
-                self.audit.outcome = "client_error"
+                self.outcome = Outcome.CLIENT_ERROR
                 self.audit.error = "evicted: too many pending connections"
             with trio.CancelScope(shield=True):
                 await self._close(lingering and not self.close_at_once)
                 self._finish()
 
-    async def _startup_timed_out(self) -> None:
+    def _startup_timed_out(self) -> Refusal:
         timeout = self.cfg.limits.startup_timeout
-        phase = self.phase.name
-        if phase == "handshake":
-            self._handshake_result("timeout")
-            self.audit.outcome, self.audit.error = "client_error", "timeout"
-        elif phase == "backend":
+        phase = self.phase
+        log: LogLine = (logging.INFO, "P: startup timed out in phase %s", (phase,))
+        if phase is Phase.HANDSHAKE:
+            return Refusal(Outcome.CLIENT_ERROR, "timeout", result=HandshakeResult.TIMEOUT, log=log)
+        if phase is Phase.NEGOTIATION:
+            return Refusal(
+                Outcome.CLIENT_ERROR,
+                "timeout before TLS",
+                result=HandshakeResult.TIMEOUT,
+                log=log,
+            )
+        if phase is Phase.BACKEND:
             backend = self.audit.backend or "?"
             self.metrics.backend_connect_errors.labels(backend).inc()
             msg = f'backend "{backend}" did not complete the login within {timeout:g}s'
-            await self._fatal("08006", msg)
-            self.audit.outcome, self.audit.error = "backend_error", msg
-        elif phase == "negotiation":
-            self._handshake_result("timeout")
-            self.audit.outcome, self.audit.error = "client_error", "timeout before TLS"
-        else:
-            await self._fatal("08P01", f"startup not completed within {timeout:g}s")
-            self.audit.outcome, self.audit.error = "startup_error", "startup timeout"
-        self.log.info("P: startup timed out in phase %s", phase)
+            return Refusal(Outcome.BACKEND_ERROR, msg, log=log, sqlstate="08006", message=msg)
+        return Refusal(
+            Outcome.STARTUP_ERROR,
+            "startup timeout",
+            log=log,
+            sqlstate="08P01",
+            message=f"startup not completed within {timeout:g}s",
+        )
 
     async def _startup(self) -> None:
         if self.proxy_protocol:
@@ -248,9 +287,12 @@ class Session:
                     buf += await self.raw.recv_some(proxyproto.bytes_needed(buf))
         except (proxyproto.ProxyProtocolError, StreamClosed, trio.TooSlowError) as exc:
             reason = "timeout" if isinstance(exc, trio.TooSlowError) else str(exc) or "closed"
-            self._handshake_result("aborted")
-            self.log.warning("C: no valid PROXY header (%s); closing", reason)
-            raise self._fail("client_error", f"bad PROXY header: {reason}") from None
+            raise Refusal(
+                Outcome.CLIENT_ERROR,
+                f"bad PROXY header: {reason}",
+                result=HandshakeResult.ABORTED,
+                log=(logging.WARNING, "C: no valid PROXY header (%s); closing", (reason,)),
+            ) from None
         header, _consumed = parsed
         if header.source is not None:
             self.source = ipaddress.ip_address(header.source[0])
@@ -260,7 +302,7 @@ class Session:
                 # Counted and logged by admission; no word to a client over its share.
                 self.handshake_counted = True
                 self.close_at_once = True
-                raise self._fail("client_error", "too many pending connections from its address")
+                raise Refusal(Outcome.CLIENT_ERROR, "too many pending connections from its address")
 
     # ------------------------------------------------------------ phase 1: plaintext
 
@@ -273,29 +315,35 @@ class Session:
             if first_packet:
                 head = await self.raw.peek(1)
                 if not head:
-                    self._handshake_result("aborted")
-                    raise self._fail("client_error", "aborted")
+                    raise Refusal(Outcome.CLIENT_ERROR, "aborted", result=HandshakeResult.ABORTED)
                 if head[0] == TLS_RECORD_HANDSHAKE and cfg.tls.direct_ssl:
                     return "direct"
             first_packet = False
             try:
                 event = await _read_packet(self.raw, reader)
             except ProtocolError as exc:
-                self._handshake_result("aborted")
-                self.log.info("C: protocol violation before TLS: %s", exc.message)
-                if not exc.close_silently:
-                    await self._fatal(exc.sqlstate, exc.message)
-                raise self._fail("client_error", exc.message) from None
+                raise Refusal(
+                    Outcome.CLIENT_ERROR,
+                    exc.message,
+                    result=HandshakeResult.ABORTED,
+                    log=(logging.INFO, "C: protocol violation before TLS: %s", (exc.message,)),
+                    sqlstate=None if exc.close_silently else exc.sqlstate,
+                    message=exc.message,
+                ) from None
             except StreamClosed:
-                self._handshake_result("aborted")
-                raise self._fail("client_error", "aborted") from None
+                raise Refusal(
+                    Outcome.CLIENT_ERROR, "aborted", result=HandshakeResult.ABORTED
+                ) from None
             if isinstance(event, SSLRequest):
                 try:
                     check_no_trailing_data(b"x" if self.raw.buffered() else b"")
                 except ProtocolError as exc:
-                    self._handshake_result("aborted")
-                    self.log.warning("C: %s; closing without TLS", exc.message)
-                    raise self._fail("client_error", exc.message) from None
+                    raise Refusal(
+                        Outcome.CLIENT_ERROR,
+                        exc.message,
+                        result=HandshakeResult.ABORTED,
+                        log=(logging.WARNING, "C: %s; closing without TLS", (exc.message,)),
+                    ) from None
                 await self.raw.send_all(b"S")
                 return "sslrequest"
             if isinstance(event, GSSENCRequest):
@@ -305,21 +353,22 @@ class Session:
                 await self._cancel(event, via_tls=False)
                 raise _Done("cancel")
             if isinstance(event, StartupMessage):
-                self._handshake_result("plaintext_rejected")
                 self.audit.requested_user = event.user
                 self.audit.database = event.database
-                self.log.info("C: plaintext StartupMessage refused")
-                await self._fatal(
-                    "28000",
-                    "TLS is required: connect with sslmode=require or stricter "
+                raise Refusal(
+                    Outcome.CLIENT_ERROR,
+                    "plaintext_rejected",
+                    result=HandshakeResult.PLAINTEXT_REJECTED,
+                    log=(logging.INFO, "C: plaintext StartupMessage refused", ()),
+                    sqlstate="28000",
+                    message="TLS is required: connect with sslmode=require or stricter "
                     "and a client certificate",
                 )
-                raise self._fail("client_error", "plaintext_rejected")
 
     # ------------------------------------------------------------ phase 2: TLS
 
     async def _handshake(self, negotiation: str) -> None:
-        self.phase.name = "handshake"
+        self.phase = Phase.HANDSHAKE
         self.audit.negotiation = negotiation
         tls = TLSStream.wrap(self.raw.sock, self.state.server_context, server_side=True)
         self.client = tls
@@ -329,29 +378,26 @@ class Session:
             with trio.fail_after(self.cfg.tls.handshake_timeout):
                 await tls.handshake()
         except trio.TooSlowError:
-            self._refused("timeout", "not finished in time", self._presented(ssl_obj))
-            raise self._fail("client_error", "timeout") from None
+            seen = self._presented(ssl_obj)
+            raise self._refused(HandshakeResult.TIMEOUT, "not finished in time", seen) from None
         except (ssl.SSLError, OSError) as exc:
             result = classify_handshake_error(exc)
             detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
-            self._refused(result, str(detail), self._presented(ssl_obj))
-            raise self._fail("client_error", result) from None
+            raise self._refused(result, str(detail), self._presented(ssl_obj)) from None
         self._presented(ssl_obj)  # forget it: the handshake verified it
         lenient = self.state.revocation.mode == "lenient"
         chain = peer.verified_chain(ssl_obj) if lenient else None
         peer.release(ssl_obj, self.state.established_context)
         der = ssl_obj.getpeercert(binary_form=True)
         if negotiation == "direct" and ssl_obj.selected_alpn_protocol() != ALPN_POSTGRESQL:
-            self._refused("no_alpn", f"direct TLS without ALPN {ALPN_POSTGRESQL!r}", der)
-            raise self._fail("client_error", "no_alpn")
+            why = f"direct TLS without ALPN {ALPN_POSTGRESQL!r}"
+            raise self._refused(HandshakeResult.NO_ALPN, why, der)
         if der is None:  # CERT_REQUIRED makes this unreachable; fail closed anyway
-            self._refused("no_certificate", "no certificate", None)
-            raise self._fail("client_error", "no_certificate")
+            raise self._refused(HandshakeResult.NO_CERTIFICATE, "no certificate", None)
         try:
             identity = CertIdentity.from_der(der)
         except ValueError as exc:
-            self._refused("bad_certificate", str(exc), None)
-            raise self._fail("client_error", "bad_certificate") from None
+            raise self._refused(HandshakeResult.BAD_CERTIFICATE, str(exc), None) from None
         self.identity = identity
         self.audit.subject = identity.subject
         self.audit.cert_serial = identity.serial_hex
@@ -359,7 +405,7 @@ class Session:
         self.audit.tls_version = ssl_obj.version()
         if lenient:
             await self._check_revocation(der, chain)
-        self._handshake_result("ok")
+        self._handshake_result(HandshakeResult.OK)
         self.metrics.handshake_time[negotiation].observe(time.perf_counter() - started)
         self.metrics.client_cert_expiry.observe(
             max(0.0, identity.not_after.timestamp() - time.time())
@@ -376,13 +422,21 @@ class Session:
         capture = self.state.capture
         return capture.take(ssl_obj) if capture is not None else None
 
-    def _refused(self, result: str, reason: str, der: bytes | None) -> None:
-        """Count a refused handshake and log it on one line: who, which certificate, why.
+    def _refused(
+        self,
+        result: HandshakeResult,
+        reason: str,
+        der: bytes | None,
+        *,
+        sqlstate: str | None = None,
+        message: str = "",
+    ) -> Refusal:
+        """A refused handshake, logged on one line: who, which certificate, why.
 
         OpenSSL does not hand out a certificate it refused; ``der`` is what
         :mod:`pgtls_proxy.pki.peer` saw in the handshake, when it saw one.
+        The audit ``error`` is the handshake ``result``.
         """
-        self._handshake_result(result)
         if der is None:
             sent = "no client certificate seen"
         else:
@@ -395,12 +449,17 @@ class Session:
                 self.audit.cert_serial = seen.serial_hex
                 self.audit.cert_fingerprint_sha256 = seen.fingerprint_sha256
                 sent = f"subject={seen.subject!r} serial={seen.serial_hex}"
-        self.log.info(
-            "C: TLS handshake refused: %s (%s) client=%s %s",
-            result,
-            reason,
-            self.audit.client_addr,
-            sent,
+        return Refusal(
+            Outcome.CLIENT_ERROR,
+            str(result),
+            result=result,
+            log=(
+                logging.INFO,
+                "C: TLS handshake refused: %s (%s) client=%s %s",
+                (result, reason, self.audit.client_addr, sent),
+            ),
+            sqlstate=sqlstate,
+            message=message,
         )
 
     async def _check_revocation(self, der: bytes, chain_der: list[bytes] | None) -> None:
@@ -425,23 +484,31 @@ class Session:
         which = "certificate"
         if verdict.revoked is not None and verdict.revoked != chain[0]:
             which = f"issuing CA {verdict.revoked.subject.rfc4514_string()}"
-        self._refused(verdict.label, f"{which} listed in a CRL", der)
-        await self._fatal("28000", f"certificate revoked: the {which} is listed in a CRL")
-        raise self._fail("client_error", verdict.label)
+        raise self._refused(
+            HandshakeResult(verdict.label),
+            f"{which} listed in a CRL",
+            der,
+            sqlstate="28000",
+            message=f"certificate revoked: the {which} is listed in a CRL",
+        )
 
     # ------------------------------------------------------------ phase 3: startup
 
     async def _read_startup(self) -> StartupMessage:
-        self.phase.name = "startup"
+        self.phase = Phase.STARTUP
         reader = StartupReader(inside_tls=True)
         try:
             event = await _read_packet(self.client, reader)
         except ProtocolError as exc:
-            self.log.info("C: bad startup packet inside TLS: %s", exc.message)
-            await self._fatal(exc.sqlstate, exc.message)
-            raise self._fail("startup_error", exc.message) from None
+            raise Refusal(
+                Outcome.STARTUP_ERROR,
+                exc.message,
+                log=(logging.INFO, "C: bad startup packet inside TLS: %s", (exc.message,)),
+                sqlstate=exc.sqlstate,
+                message=exc.message,
+            ) from None
         except StreamClosed:
-            raise self._fail("client_error", "client closed before StartupMessage") from None
+            raise Refusal(Outcome.CLIENT_ERROR, "client closed before StartupMessage") from None
         if isinstance(event, CancelRequest):
             await self._cancel(event, via_tls=True)
             self.audit.event = "cancel"
@@ -468,23 +535,25 @@ class Session:
         )
         if isinstance(decision, rules_mod.Deny):
             self.metrics.denied_by_reason[decision.reason].inc()
-            self.log.info(
-                "P: denied (%s): identity=%r user=%r database=%r",
+            raise Refusal(
+                Outcome.DENIED,
                 decision.reason,
-                self.audit.identity,
-                startup.user,
-                startup.database,
+                log=(
+                    logging.INFO,
+                    "P: denied (%s): identity=%r user=%r database=%r",
+                    (decision.reason, self.audit.identity, startup.user, startup.database),
+                ),
+                sqlstate="28000",
+                message=decision.message,
             )
-            await self._fatal("28000", decision.message)
-            raise self._fail("denied", decision.reason)
         self.audit.identity = decision.identity
         self.audit.user = decision.user
         backend = rules_mod.route(cfg.backends, decision.backend, startup.database)
         if backend is None:
             msg = f'no backend serves database "{startup.database}"'
-            self.log.info("P: %s", msg)
-            await self._fatal("3D000", msg)
-            raise self._fail("startup_error", msg)  # the client asked for it
+            # The client asked for it: a startup_error, not a backend's.
+            log: LogLine = (logging.INFO, "P: %s", (msg,))
+            raise Refusal(Outcome.STARTUP_ERROR, msg, log=log, sqlstate="3D000", message=msg)
         self.audit.backend = backend.name
         return backend, decision.user
 
@@ -498,9 +567,8 @@ class Session:
         """
         if self.rt.connections >= self.cfg.limits.max_connections:
             msg = "sorry, too many clients already"
-            self.log.info("P: %s (limits.max_connections)", msg)
-            await self._fatal("53300", msg)
-            raise self._fail("startup_error", msg)
+            log: LogLine = (logging.INFO, "P: %s (limits.max_connections)", (msg,))
+            raise Refusal(Outcome.STARTUP_ERROR, msg, log=log, sqlstate="53300", message=msg)
         self.rt.connections += 1
         self.counted = True
         if self.ticket is not None:
@@ -517,9 +585,10 @@ class Session:
         except BackendUnavailable as exc:
             self.metrics.backend_connect_errors.labels(backend.name).inc()
             msg = f"could not connect to {describe}: {exc}"
-            self.log.warning("S: %s", msg)
-            await self._fatal("08006", msg)
-            raise self._fail("backend_error", msg) from None
+            log: LogLine = (logging.WARNING, "S: %s", (msg,))
+            raise Refusal(
+                Outcome.BACKEND_ERROR, msg, log=log, sqlstate="08006", message=msg
+            ) from None
         self.backend_stream = stream
         authenticator = self.rt.authenticator_for(backend, startup.user, stream)
         try:
@@ -530,20 +599,25 @@ class Session:
                 if exc.from_backend
                 else exc.message
             )
-            await self._fatal(exc.sqlstate, msg)
             if exc.from_backend and exc.sqlstate in CLIENT_CAUSED_LOGIN_ERRORS:
                 # What the client asked for is wrong, not the backend: no alert.
-                self.log.info("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
-                raise self._fail("startup_error", msg) from None
-            self.metrics.backend_connect_errors.labels(backend.name).inc()
-            self.log.warning("S: %s (SQLSTATE %s)", msg, exc.sqlstate)
-            raise self._fail("backend_error", msg) from None
+                outcome, level = Outcome.STARTUP_ERROR, logging.INFO
+            else:
+                self.metrics.backend_connect_errors.labels(backend.name).inc()
+                outcome, level = Outcome.BACKEND_ERROR, logging.WARNING
+            raise Refusal(
+                outcome,
+                msg,
+                log=(level, "S: %s (SQLSTATE %s)", (msg, exc.sqlstate)),
+                sqlstate=exc.sqlstate,
+                message=msg,
+            ) from None
         return result, extra, authenticator
 
     async def _connect_backend(
         self, backend: BackendSettings, startup: StartupMessage, user: str
     ) -> None:
-        self.phase.name = "backend"
+        self.phase = Phase.BACKEND
         describe = f'backend "{backend.name}"'
         if user != startup.user:
             startup = startup.with_user(user)
@@ -571,7 +645,7 @@ class Session:
         if extra:
             out.append(extra)
         await self.client.send_all(b"".join(out))
-        self.phase.name = "relay"
+        self.phase = Phase.RELAY
         self.active_backend = backend.name
         self.metrics.sessions_active.labels(backend.name).inc()
         self.log.info(
@@ -587,7 +661,7 @@ class Session:
 
     async def _relay(self) -> None:
         assert self.backend_stream is not None
-        result = await relay(
+        result = await relay_session(
             self.client,
             self.backend_stream,
             self.metrics.bytes_c2b,
@@ -596,11 +670,11 @@ class Session:
         )
         self.audit.bytes_in = result.bytes_in
         self.audit.bytes_out = result.bytes_out
-        self.audit.outcome = "completed"
+        self.outcome = Outcome.COMPLETED
         if result.terminated and await self._keep_backend():
             self.log.debug("P: relay ended by Terminate; backend session kept")
             return
-        if result.ended_by == "client":
+        if result.ended_by == Side.CLIENT:
             # The client vanished without Terminate, or sent it; either way
             # tell the backend we are done so it frees the session at once.
             try:
@@ -637,7 +711,7 @@ class Session:
 
     async def _cancel(self, request: CancelRequest, *, via_tls: bool) -> None:
         self.audit.event = "cancel"
-        self.audit.outcome = "completed"
+        self.outcome = Outcome.COMPLETED
         if not via_tls:
             self.handshake_counted = True  # no handshake took place
             if not self.cfg.limits.plaintext_cancel:
@@ -674,6 +748,7 @@ class Session:
             self.rt.cancels.unregister(*self.cancel_key)
         if self.active_backend is not None:
             self.metrics.sessions_active.labels(self.active_backend).dec()
+        self.audit.outcome = self.outcome
         if self.audit.event == "session":
-            self.metrics.session_by_outcome[self.audit.outcome].inc()
+            self.metrics.session_by_outcome[self.outcome].inc()
         audit_mod.write(self.audit, self.cfg.logging.audit)

@@ -18,7 +18,6 @@ from pgtls_proxy.wire.messages import (
     PROTOCOL_3_2,
     SSL_REQUEST_CODE,
     CancelRequest,
-    DirectTLS,
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
@@ -132,10 +131,6 @@ def test_encode_round_trips_byte_exact(packet: bytes) -> None:
 def test_ssl_request_exact_bytes() -> None:
     assert SSLRequest().encode() == b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
     assert GSSENCRequest().encode() == b"\x00\x00\x00\x08\x04\xd2\x16\x30"
-
-
-def test_direct_tls_is_an_event_type() -> None:
-    assert DirectTLS() == DirectTLS()
 
 
 def test_startup_properties() -> None:

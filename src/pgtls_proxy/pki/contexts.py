@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography import x509
 
 from pgtls_proxy.config import BackendTLSSettings, MetricsTLSSettings, TLSSettings
+from pgtls_proxy.outcomes import HandshakeResult as HR
 from pgtls_proxy.pki.peer import CertificateCapture
 
 ALPN_POSTGRESQL = "postgresql"
@@ -294,61 +295,61 @@ def metrics_context(tls: MetricsTLSSettings) -> ssl.SSLContext:
 # ------------------------------------------------------------ failure classification
 
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h).
-_VERIFY_CODES = {
-    2: "unknown_ca",  # unable to get issuer certificate
-    3: "crl_unavailable",  # unable to get CRL
-    7: "bad_certificate",  # certificate signature failure
-    8: "crl_unavailable",  # CRL signature failure
-    9: "not_yet_valid",
-    10: "expired",
-    11: "crl_unavailable",  # CRL not yet valid
-    12: "crl_unavailable",  # CRL has expired
-    13: "bad_certificate",
-    14: "bad_certificate",
-    15: "crl_unavailable",
-    16: "crl_unavailable",
-    18: "unknown_ca",  # self-signed leaf
-    19: "unknown_ca",  # self-signed in chain
-    20: "unknown_ca",  # unable to get local issuer
-    21: "unknown_ca",
-    23: "revoked",
-    24: "bad_certificate",  # invalid CA
-    26: "bad_certificate",  # unsupported purpose (EKU without clientAuth)
-    28: "bad_certificate",  # rejected
-    32: "bad_certificate",  # key usage does not include signing
-    33: "crl_unavailable",  # unable to get CRL issuer
-    35: "crl_unavailable",  # key usage does not include CRL signing
-    36: "crl_unavailable",  # unhandled critical CRL extension
+_VERIFY_CODES: dict[int, HR] = {
+    2: HR.UNKNOWN_CA,  # unable to get issuer certificate
+    3: HR.CRL_UNAVAILABLE,  # unable to get CRL
+    7: HR.BAD_CERTIFICATE,  # certificate signature failure
+    8: HR.CRL_UNAVAILABLE,  # CRL signature failure
+    9: HR.NOT_YET_VALID,
+    10: HR.EXPIRED,
+    11: HR.CRL_UNAVAILABLE,  # CRL not yet valid
+    12: HR.CRL_UNAVAILABLE,  # CRL has expired
+    13: HR.BAD_CERTIFICATE,
+    14: HR.BAD_CERTIFICATE,
+    15: HR.CRL_UNAVAILABLE,
+    16: HR.CRL_UNAVAILABLE,
+    18: HR.UNKNOWN_CA,  # self-signed leaf
+    19: HR.UNKNOWN_CA,  # self-signed in chain
+    20: HR.UNKNOWN_CA,  # unable to get local issuer
+    21: HR.UNKNOWN_CA,
+    23: HR.REVOKED,
+    24: HR.BAD_CERTIFICATE,  # invalid CA
+    26: HR.BAD_CERTIFICATE,  # unsupported purpose (EKU without clientAuth)
+    28: HR.BAD_CERTIFICATE,  # rejected
+    32: HR.BAD_CERTIFICATE,  # key usage does not include signing
+    33: HR.CRL_UNAVAILABLE,  # unable to get CRL issuer
+    35: HR.CRL_UNAVAILABLE,  # key usage does not include CRL signing
+    36: HR.CRL_UNAVAILABLE,  # unhandled critical CRL extension
 }
 
-_REASONS = {
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_certificate",
-    "NO_SHARED_CIPHER": "protocol_version",
-    "UNSUPPORTED_PROTOCOL": "protocol_version",
-    "VERSION_TOO_LOW": "protocol_version",
-    "WRONG_VERSION_NUMBER": "protocol_version",
-    "NO_PROTOCOLS_AVAILABLE": "protocol_version",
-    "NO_SUITABLE_SIGNATURE_ALGORITHM": "protocol_version",
-    "NO_APPLICATION_PROTOCOL": "no_alpn",
-    "UNEXPECTED_EOF_WHILE_READING": "aborted",
-    "HTTP_REQUEST": "protocol_version",
+_REASONS: dict[str, HR] = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": HR.NO_CERTIFICATE,
+    "NO_SHARED_CIPHER": HR.PROTOCOL_VERSION,
+    "UNSUPPORTED_PROTOCOL": HR.PROTOCOL_VERSION,
+    "VERSION_TOO_LOW": HR.PROTOCOL_VERSION,
+    "WRONG_VERSION_NUMBER": HR.PROTOCOL_VERSION,
+    "NO_PROTOCOLS_AVAILABLE": HR.PROTOCOL_VERSION,
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": HR.PROTOCOL_VERSION,
+    "NO_APPLICATION_PROTOCOL": HR.NO_ALPN,
+    "UNEXPECTED_EOF_WHILE_READING": HR.ABORTED,
+    "HTTP_REQUEST": HR.PROTOCOL_VERSION,
 }
 
 
-def classify_handshake_error(exc: BaseException) -> str:
+def classify_handshake_error(exc: BaseException) -> HR:
     """Map a server-side handshake exception to the SPEC's ``result`` label."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return _VERIFY_CODES.get(exc.verify_code, "bad_certificate")
+        return _VERIFY_CODES.get(exc.verify_code, HR.BAD_CERTIFICATE)
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return "aborted"
+        return HR.ABORTED
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or ""
         if reason in _REASONS:
             return _REASONS[reason]
         if reason.startswith("TLSV1_ALERT") or reason.startswith("SSLV3_ALERT"):
             # The client gave up on us (e.g. it does not trust our certificate).
-            return "aborted"
-        return "bad_certificate" if "CERTIFICATE" in reason else "protocol_version"
+            return HR.ABORTED
+        return HR.BAD_CERTIFICATE if "CERTIFICATE" in reason else HR.PROTOCOL_VERSION
     if isinstance(exc, ConnectionError | OSError):
-        return "aborted"
-    return "aborted"
+        return HR.ABORTED
+    return HR.ABORTED

@@ -23,16 +23,6 @@ from pgtls_proxy.wire.messages import StartupMessage
 Message = tuple[bytes, bytes]
 LoginGenerator = Generator[bytes, Message, "LoginResult"]
 
-_AUTH_NAMES = {
-    2: "Kerberos V5",
-    3: "cleartext password",
-    5: "MD5 password",
-    7: "GSSAPI",
-    8: "GSSAPI continuation",
-    9: "SSPI",
-    10: "SASL",
-}
-
 
 class BackendLoginError(Exception):
     """The backend refused the login, or asked for something we cannot answer.
@@ -114,7 +104,7 @@ def login(
                     authenticator.done()
                 authenticated = True
             elif authenticator is None:
-                method = _AUTH_NAMES.get(code, f"method {code}")
+                method = codec.AUTH_NAMES.get(code, f"method {code}")
                 raise BackendLoginError(
                     "28000",
                     f"{describe} asked for {method} authentication of user "

@@ -86,15 +86,6 @@ class GSSENCRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class DirectTLS:
-    """The first byte was a TLS record (PostgreSQL 17 ``sslnegotiation=direct``).
-
-    The startup parser never produces it: direct TLS is recognised by the I/O
-    layer from the first byte, before any startup packet is read.
-    """
-
-
-@dataclass(frozen=True, slots=True)
 class CancelRequest:
     """Cancel the query of backend ``pid``; ``key`` proves the right to do so.
 
