@@ -90,12 +90,12 @@ def _raise_descriptor_limit(config: Config) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pgtls_proxy.check import run_checks
+    from pgtls_proxy.check import Severity, find_problems
 
-    findings = run_checks(args.config)
+    findings = find_problems(args.config)
     for finding in findings:
         print(finding)
-    return 1 if any(f.startswith("error:") for f in findings) else 0
+    return 1 if any(f.severity is Severity.ERROR for f in findings) else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

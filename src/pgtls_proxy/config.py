@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
@@ -27,6 +27,8 @@ BACKEND_TLS_MODES = ("disable", "require", "verify-ca", "verify-full")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class ConfigError(Exception):
@@ -36,6 +38,39 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
+
+
+class _Problems:
+    """Where the parser puts a problem: raised at once (``run``), or collected (``check``).
+
+    Collecting, an unknown key is noted and parsing goes on; a bad value
+    stops only its section (or its rule, backend or listener), which is then
+    marked broken so ``check`` skips the file checks that would read it.
+    """
+
+    def __init__(self, *, collect: bool) -> None:
+        self.collect = collect
+        self.errors: list[ConfigError] = []
+        self.broken: set[str] = set()
+
+    def unknown_key(self, key: str) -> None:
+        error = ConfigError(key, "unknown key")
+        if not self.collect:
+            raise error
+        self.errors.append(error)
+
+    def section(
+        self, name: str, fallback: T, parse: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``parse(...)``; when collecting and it fails, ``fallback``, with ``name`` broken."""
+        if not self.collect:
+            return parse(*args, **kwargs)
+        try:
+            return parse(*args, **kwargs)
+        except ConfigError as exc:
+            self.errors.append(exc)
+            self.broken.add(name)
+            return fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +217,6 @@ class Config:
 
 # ---------------------------------------------------------------- parsing helpers
 
-T = TypeVar("T")
-
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
     if value is None:
@@ -200,10 +233,12 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], key: str) -> None:
+def _check_keys(
+    data: Mapping[str, Any], allowed: tuple[str, ...], key: str, problems: _Problems
+) -> None:
     for k in data:
         if k not in allowed:
-            raise ConfigError(_join(key, k), "unknown key")
+            problems.unknown_key(_join(key, k))
 
 
 def _bool(value: Any, key: str) -> bool:
@@ -310,30 +345,36 @@ _TOP_KEYS = (
 )
 
 
-def _listen(value: Any) -> tuple[ListenSettings, ...]:
+_DEFAULT_LISTEN = (ListenSettings(HostPort("0.0.0.0", 6432)),)
+
+
+def _listen(value: Any, problems: _Problems) -> tuple[ListenSettings, ...]:
     if value is None:
-        value = [{"address": "0.0.0.0:6432"}]
+        return _DEFAULT_LISTEN
     if not isinstance(value, list) or not value:
         raise ConfigError("listen", "must be a non-empty list")
-    out = []
-    for i, item in enumerate(value):
-        key = f"listen[{i}]"
-        data = _mapping(item, key)
-        _check_keys(data, _LISTEN_KEYS, key)
-        if "address" not in data:
-            raise ConfigError(f"{key}.address", "is required")
-        out.append(
-            ListenSettings(
-                address=parse_host_port(data["address"], f"{key}.address"),
-                proxy_protocol=_bool(data.get("proxy_protocol", False), f"{key}.proxy_protocol"),
-            )
-        )
-    return tuple(out)
+    out = (
+        problems.section("listen", None, _listener, i, item, problems)
+        for i, item in enumerate(value)
+    )
+    return tuple(item for item in out if item is not None)
 
 
-def _tls(value: Any, base: Path) -> TLSSettings:
+def _listener(i: int, item: Any, problems: _Problems) -> ListenSettings:
+    key = f"listen[{i}]"
+    data = _mapping(item, key)
+    _check_keys(data, _LISTEN_KEYS, key, problems)
+    if "address" not in data:
+        raise ConfigError(f"{key}.address", "is required")
+    return ListenSettings(
+        address=parse_host_port(data["address"], f"{key}.address"),
+        proxy_protocol=_bool(data.get("proxy_protocol", False), f"{key}.proxy_protocol"),
+    )
+
+
+def _tls(value: Any, base: Path, problems: _Problems) -> TLSSettings:
     data = _mapping(value, "tls")
-    _check_keys(data, _TLS_KEYS, "tls")
+    _check_keys(data, _TLS_KEYS, "tls", problems)
     for required in ("cert_file", "key_file", "client_ca_file"):
         if data.get(required) is None:
             raise ConfigError(f"tls.{required}", "is required")
@@ -367,9 +408,9 @@ def _tls(value: Any, base: Path) -> TLSSettings:
     )
 
 
-def _identity(value: Any) -> IdentitySettings:
+def _identity(value: Any, problems: _Problems) -> IdentitySettings:
     data = _mapping(value, "identity")
-    _check_keys(data, _IDENTITY_KEYS, "identity")
+    _check_keys(data, _IDENTITY_KEYS, "identity", problems)
     return IdentitySettings(
         field=_choice(data.get("field", "cn"), "identity.field", IDENTITY_FIELDS),
         on_user_mismatch=_choice(
@@ -388,65 +429,68 @@ def _network(value: Any, key: str) -> IPNetwork:
         raise ConfigError(key, f"is not an address or CIDR: {text!r}") from None
 
 
-def _rules(value: Any, backends: Mapping[str, BackendSettings]) -> tuple[Rule, ...]:
+def _rules(value: Any, backends: Collection[str], problems: _Problems) -> tuple[Rule, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         raise ConfigError("rules", "must be a list")
-    out = []
-    for i, item in enumerate(value):
-        key = f"rules[{i}]"
-        data = _mapping(item, key)
-        _check_keys(data, _RULE_KEYS, key)
-        if "identity" not in data:
-            raise ConfigError(f"{key}.identity", "is required")
-        identity = _str(data["identity"], f"{key}.identity")
+    out = (
+        problems.section("rules", None, _rule, i, item, backends, problems)
+        for i, item in enumerate(value)
+    )
+    return tuple(rule for rule in out if rule is not None)
+
+
+def _rule(i: int, item: Any, backends: Collection[str], problems: _Problems) -> Rule:
+    key = f"rules[{i}]"
+    data = _mapping(item, key)
+    _check_keys(data, _RULE_KEYS, key, problems)
+    if "identity" not in data:
+        raise ConfigError(f"{key}.identity", "is required")
+    identity = _str(data["identity"], f"{key}.identity")
+    try:
+        regex = compile_identity(identity)
+    except PatternError as exc:
+        raise ConfigError(f"{key}.identity", str(exc)) from None
+    action = _choice(data.get("action", "allow"), f"{key}.action", ("allow", "reject"))
+    user = _optional(data.get("user"), f"{key}.user", _str)
+    if action == "allow" and user is None:
+        raise ConfigError(f"{key}.user", "is required for an allow rule")
+    if user is not None:
         try:
-            regex = compile_identity(identity)
+            check_template(user, regex.groups if regex is not None else 0)
         except PatternError as exc:
-            raise ConfigError(f"{key}.identity", str(exc)) from None
-        action = _choice(data.get("action", "allow"), f"{key}.action", ("allow", "reject"))
-        user = _optional(data.get("user"), f"{key}.user", _str)
-        if action == "allow" and user is None:
-            raise ConfigError(f"{key}.user", "is required for an allow rule")
-        if user is not None:
-            try:
-                check_template(user, regex.groups if regex is not None else 0)
-            except PatternError as exc:
-                raise ConfigError(f"{key}.user", str(exc)) from None
-        backend = _optional(data.get("backend"), f"{key}.backend", _str)
-        if backend is not None and backend not in backends:
-            raise ConfigError(f"{key}.backend", f"names an unknown backend {backend!r}")
-        sources = data.get("sources", ["0.0.0.0/0", "::/0"])
-        if not isinstance(sources, list):
-            raise ConfigError(f"{key}.sources", "must be a list")
-        out.append(
-            Rule(
-                index=i,
-                identity=identity,
-                identity_regex=regex,
-                user=user,
-                databases=_str_list(data.get("databases", ["*"]), f"{key}.databases"),
-                sources=tuple(_network(v, f"{key}.sources[{j}]") for j, v in enumerate(sources)),
-                action=action,
-                backend=backend,
-            )
-        )
-    return tuple(out)
+            raise ConfigError(f"{key}.user", str(exc)) from None
+    backend = _optional(data.get("backend"), f"{key}.backend", _str)
+    if backend is not None and backend not in backends:
+        raise ConfigError(f"{key}.backend", f"names an unknown backend {backend!r}")
+    sources = data.get("sources", ["0.0.0.0/0", "::/0"])
+    if not isinstance(sources, list):
+        raise ConfigError(f"{key}.sources", "must be a list")
+    return Rule(
+        index=i,
+        identity=identity,
+        identity_regex=regex,
+        user=user,
+        databases=_str_list(data.get("databases", ["*"]), f"{key}.databases"),
+        sources=tuple(_network(v, f"{key}.sources[{j}]") for j, v in enumerate(sources)),
+        action=action,
+        backend=backend,
+    )
 
 
-def _backend(name: str, value: Any, base: Path) -> BackendSettings:
+def _backend(name: str, value: Any, base: Path, problems: _Problems) -> BackendSettings:
     key = f"backends.{name}"
     data = _mapping(value, key)
-    _check_keys(data, _BACKEND_KEYS, key)
+    _check_keys(data, _BACKEND_KEYS, key, problems)
     if "address" not in data:
         raise ConfigError(f"{key}.address", "is required")
     tls_data = _mapping(data.get("tls"), f"{key}.tls")
-    _check_keys(tls_data, _BACKEND_TLS_KEYS, f"{key}.tls")
+    _check_keys(tls_data, _BACKEND_TLS_KEYS, f"{key}.tls", problems)
     auth_data = _mapping(data.get("auth"), f"{key}.auth")
-    _check_keys(auth_data, _BACKEND_AUTH_KEYS, f"{key}.auth")
+    _check_keys(auth_data, _BACKEND_AUTH_KEYS, f"{key}.auth", problems)
     pool_data = _mapping(data.get("pool"), f"{key}.pool")
-    _check_keys(pool_data, _BACKEND_POOL_KEYS, f"{key}.pool")
+    _check_keys(pool_data, _BACKEND_POOL_KEYS, f"{key}.pool", problems)
 
     def opt_path(d: Mapping[str, Any], k: str, prefix: str) -> Path | None:
         return _optional(d.get(k), f"{prefix}.{k}", lambda v, kk: _path(v, kk, base))
@@ -484,12 +528,12 @@ def _backend(name: str, value: Any, base: Path) -> BackendSettings:
     )
 
 
-def _metrics_tls(value: Any, base: Path) -> MetricsTLSSettings | None:
+def _metrics_tls(value: Any, base: Path, problems: _Problems) -> MetricsTLSSettings | None:
     if value is None:
         return None
     data = _mapping(value, "metrics.tls")
     keys = ("cert_file", "key_file", "client_ca_file")
-    _check_keys(data, keys, "metrics.tls")
+    _check_keys(data, keys, "metrics.tls", problems)
     for required in keys:
         if data.get(required) is None:
             raise ConfigError(f"metrics.tls.{required}", "is required")
@@ -498,24 +542,90 @@ def _metrics_tls(value: Any, base: Path) -> MetricsTLSSettings | None:
     )
 
 
-def _section(data: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+def _section(
+    data: Mapping[str, Any], name: str, keys: tuple[str, ...], problems: _Problems
+) -> dict[str, Any]:
     section = _mapping(data.get(name), name)
-    _check_keys(section, keys, name)
+    _check_keys(section, keys, name, problems)
     return section
 
 
-def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
-    """Validate a parsed YAML document; relative paths resolve against ``base``."""
-    top = _mapping(data, "")
-    _check_keys(top, _TOP_KEYS, "")
-    backends_data = _mapping(top.get("backends"), "backends")
-    if not backends_data:
+def _backends_data(top: Mapping[str, Any]) -> dict[str, Any]:
+    backends = _mapping(top.get("backends"), "backends")
+    if not backends:
         raise ConfigError("backends", "at least one backend is required")
-    backends = {name: _backend(name, v, base) for name, v in backends_data.items()}
+    return backends
 
-    metrics = _section(top, "metrics", ("address", "tls"))
-    logging_ = _section(top, "logging", ("level", "format", "audit"))
-    limits = _section(
+
+def _metrics(data: Mapping[str, Any], base: Path, problems: _Problems) -> MetricsSettings:
+    address: HostPort | None = HostPort("127.0.0.1", 9187)
+    if "address" in data:
+        address = _optional(data["address"], "metrics.address", parse_host_port)
+    return MetricsSettings(address=address, tls=_metrics_tls(data.get("tls"), base, problems))
+
+
+def _logging(data: Mapping[str, Any]) -> LoggingSettings:
+    return LoggingSettings(
+        level=_choice(data.get("level", "info"), "logging.level", LOG_LEVELS),
+        format=_choice(data.get("format", "text"), "logging.format", ("text", "json")),
+        audit=_bool(data.get("audit", True), "logging.audit"),
+    )
+
+
+def _limits(data: Mapping[str, Any]) -> LimitsSettings:
+    return LimitsSettings(
+        max_connections=_int(data.get("max_connections", 10000), "limits.max_connections"),
+        startup_timeout=_number(data.get("startup_timeout", 10), "limits.startup_timeout"),
+        plaintext_cancel=_bool(data.get("plaintext_cancel", True), "limits.plaintext_cancel"),
+        max_pending=_int(data.get("max_pending", 1024), "limits.max_pending"),
+        per_source_pending=_int(data.get("per_source_pending", 128), "limits.per_source_pending"),
+    )
+
+
+def _shutdown(data: Mapping[str, Any]) -> ShutdownSettings:
+    return ShutdownSettings(
+        drain_timeout=_number(
+            data.get("drain_timeout", 30), "shutdown.drain_timeout", positive=False
+        )
+    )
+
+
+def _workers(value: Any) -> int:
+    return _int(value, "workers") if value is not None else (os.cpu_count() or 1)
+
+
+# Stands in for a ``tls`` section too broken to read, so ``check`` can go on
+# with the other sections; ``tls`` is then marked broken and never used.
+_UNUSABLE_TLS = TLSSettings(Path(), Path(), Path())
+
+
+def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
+    """Validate a parsed YAML document; relative paths resolve against ``base``.
+
+    Raises the first problem as :class:`ConfigError`.
+    """
+    return _build(data, base, source, _Problems(collect=False))
+
+
+def _build(data: Any, base: Path, source: Path | None, problems: _Problems) -> Config:
+    top = _mapping(data, "")
+    _check_keys(top, _TOP_KEYS, "", problems)
+    backends_data = problems.section("backends", {}, _backends_data, top)
+    backends: dict[str, BackendSettings] = {}
+    for name, value in backends_data.items():
+        backend = problems.section("backends", None, _backend, name, value, base, problems)
+        if backend is not None:
+            backends[name] = backend
+    metrics = problems.section(
+        "metrics", {}, _section, top, "metrics", ("address", "tls"), problems
+    )
+    logging_ = problems.section(
+        "logging", {}, _section, top, "logging", ("level", "format", "audit"), problems
+    )
+    limits = problems.section(
+        "limits",
+        {},
+        _section,
         top,
         "limits",
         (
@@ -525,68 +635,85 @@ def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
             "max_pending",
             "per_source_pending",
         ),
+        problems,
     )
-    shutdown = _section(top, "shutdown", ("drain_timeout",))
-    metrics_address: HostPort | None = HostPort("127.0.0.1", 9187)
-    if "address" in metrics:
-        metrics_address = _optional(metrics["address"], "metrics.address", parse_host_port)
-    workers = top.get("workers")
+    shutdown = problems.section(
+        "shutdown", {}, _section, top, "shutdown", ("drain_timeout",), problems
+    )
     return Config(
-        listen=_listen(top.get("listen")),
-        tls=_tls(top.get("tls"), base),
-        identity=_identity(top.get("identity")),
-        rules=_rules(top.get("rules"), backends),
+        listen=problems.section("listen", _DEFAULT_LISTEN, _listen, top.get("listen"), problems),
+        tls=problems.section("tls", _UNUSABLE_TLS, _tls, top.get("tls"), base, problems),
+        identity=problems.section(
+            "identity", IdentitySettings(), _identity, top.get("identity"), problems
+        ),
+        # The names in the file: a backend too broken to parse is not "unknown".
+        rules=problems.section("rules", (), _rules, top.get("rules"), backends_data, problems),
         backends=backends,
-        metrics=MetricsSettings(
-            address=metrics_address, tls=_metrics_tls(metrics.get("tls"), base)
-        ),
-        logging=LoggingSettings(
-            level=_choice(logging_.get("level", "info"), "logging.level", LOG_LEVELS),
-            format=_choice(logging_.get("format", "text"), "logging.format", ("text", "json")),
-            audit=_bool(logging_.get("audit", True), "logging.audit"),
-        ),
-        limits=LimitsSettings(
-            max_connections=_int(limits.get("max_connections", 10000), "limits.max_connections"),
-            startup_timeout=_number(limits.get("startup_timeout", 10), "limits.startup_timeout"),
-            plaintext_cancel=_bool(limits.get("plaintext_cancel", True), "limits.plaintext_cancel"),
-            max_pending=_int(limits.get("max_pending", 1024), "limits.max_pending"),
-            per_source_pending=_int(
-                limits.get("per_source_pending", 128), "limits.per_source_pending"
-            ),
-        ),
-        shutdown=ShutdownSettings(
-            drain_timeout=_number(
-                shutdown.get("drain_timeout", 30), "shutdown.drain_timeout", positive=False
-            )
-        ),
-        workers=_int(workers, "workers") if workers is not None else (os.cpu_count() or 1),
+        metrics=problems.section("metrics", MetricsSettings(), _metrics, metrics, base, problems),
+        logging=problems.section("logging", LoggingSettings(), _logging, logging_),
+        limits=problems.section("limits", LimitsSettings(), _limits, limits),
+        shutdown=problems.section("shutdown", ShutdownSettings(), _shutdown, shutdown),
+        workers=problems.section("workers", 1, _workers, top.get("workers")),
         source=source,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReview:
+    """Every problem of a config file at once, for ``check``.
+
+    ``config`` is None when the file cannot be read as a mapping at all;
+    otherwise a value in a section named in ``broken`` is a stand-in.
+    """
+
+    config: Config | None
+    errors: tuple[ConfigError, ...]
+    broken: frozenset[str]
+
+
+def review_config(path: str | os.PathLike[str]) -> ConfigReview:
+    """Like :func:`load_config`, but collect the problems instead of stopping at the first."""
+    p = Path(path)
+    problems = _Problems(collect=True)
+    try:
+        data = _document(_read(p), p)
+        config: Config | None = _build(data, p.resolve().parent, p.resolve(), problems)
+    except ConfigError as exc:
+        problems.errors.append(exc)
+        config = None
+    return ConfigReview(config, tuple(problems.errors), frozenset(problems.broken))
+
+
+def _read(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; raise ConfigError with the key path."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
-    return config_from_bytes(data, p)
+    return config_from_bytes(_read(p), p)
 
 
 def config_from_bytes(raw: bytes, p: Path) -> Config:
     """Validate the content of the config file ``p`` (read earlier, or kept in memory)."""
+    return build_config(_document(raw, p), p.resolve().parent, source=p.resolve())
+
+
+def _document(raw: bytes, p: Path) -> Any:
+    """The YAML document in ``raw``, the content of ``p``."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("", f"{p}: not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError("", f"{p}: invalid YAML{where}") from None
-    return build_config(data, p.resolve().parent, source=p.resolve())
 
 
 def default_config_path() -> str:
