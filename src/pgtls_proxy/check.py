@@ -30,7 +30,8 @@ from pathlib import Path
 from cryptography import x509
 
 from pgtls_proxy import descriptors
-from pgtls_proxy.config import Config, ConfigError, HostPort, TLSSettings, review_config
+from pgtls_proxy.config import Config, HostPort, TLSSettings, review_config
+from pgtls_proxy.errors import KeyPathError
 from pgtls_proxy.passwords import PasswordsFileError, parse_userlist
 from pgtls_proxy.pki import contexts
 from pgtls_proxy.pki.chain import build_chain, find_issuer, is_self_signed, public_key_der
@@ -74,7 +75,7 @@ class Findings:
     def warning(self, key: str, what: str) -> None:
         self.items.append(Finding(Severity.WARNING, key, what))
 
-    def failed(self, exc: TLSConfigError | ConfigError) -> None:
+    def failed(self, exc: KeyPathError) -> None:
         self.error(exc.key or "config", exc.message)
 
 

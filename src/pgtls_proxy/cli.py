@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import trio
 
 from pgtls_proxy import __version__
-from pgtls_proxy.config import Config, ConfigError, default_config_path, load_config
+from pgtls_proxy.config import Config, default_config_path, load_config
+from pgtls_proxy.errors import KeyPathError
 from pgtls_proxy.logsetup import LOGGER_NAME, escape, route_process_output, setup_logging
 from pgtls_proxy.pki import commands as pki_commands
-from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.secretfiles import InsecureFileError
 
 
@@ -61,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # One line in a fixed shape: "pgtls-proxy: <key path>: <file> is readable …".
         print(f"pgtls-proxy: {escape(str(exc))}", file=sys.stderr)
         return 2
-    except (ConfigError, TLSConfigError) as exc:
+    except KeyPathError as exc:
         return _stop(f"configuration error: {exc}")
     except OSError as exc:
         return _stop(f"cannot start: {exc}")

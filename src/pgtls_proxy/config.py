@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
+from pgtls_proxy.errors import KeyPathError
 from pgtls_proxy.pki.rules import IdentityPattern, PatternError, check_template, compile_identity
 
 DEFAULT_CONFIG_PATH = "/etc/pgtls-proxy/pgtls-proxy.yaml"
@@ -31,13 +32,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
-class ConfigError(Exception):
-    """A configuration problem, tied to the key path it concerns."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
-        self.message = message
+class ConfigError(KeyPathError):
+    """A problem in the config file itself, tied to the key path it concerns."""
 
 
 class _Problems:
