@@ -27,7 +27,9 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast, get_args
 import yaml
 
 from pgtls_proxy.errors import KeyPathError
-from pgtls_proxy.pki.rules import IdentityPattern, PatternError, check_template, compile_identity
+from pgtls_proxy.pki.rules import IPNetwork, PatternError, check_template, compile_identity
+from pgtls_proxy.pki.rules import Rule as Rule  # the rules' schema lives with their evaluation
+from pgtls_proxy.pki.rules import RuleAction as RuleAction
 
 DEFAULT_CONFIG_PATH = "/etc/pgtls-proxy/pgtls-proxy.yaml"
 
@@ -37,7 +39,6 @@ OnUserMismatch = Literal["reject", "rewrite"]
 RevocationMode = Literal["strict", "lenient", "off"]
 TLSVersion = Literal["1.2", "1.3"]
 BackendTLSMode = Literal["disable", "require", "verify-ca", "verify-full"]
-RuleAction = Literal["allow", "reject"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
 IDENTITY_FIELDS: tuple[IdentityField, ...] = get_args(IdentityField)
@@ -45,7 +46,6 @@ REVOCATION_MODES: tuple[RevocationMode, ...] = get_args(RevocationMode)
 BACKEND_TLS_MODES: tuple[BackendTLSMode, ...] = get_args(BackendTLSMode)
 LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -121,27 +121,6 @@ class TLSSettings:
 class IdentitySettings:
     field: IdentityField = "cn"
     on_user_mismatch: OnUserMismatch = "reject"
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One line of policy; ``identity`` is the literal text from the file.
-
-    ``identity_regex`` is set when the identity was written ``/regex/``;
-    ``index`` is the rule's place in the file. Neither is a key.
-    """
-
-    index: int
-    identity: str
-    identity_regex: IdentityPattern | None
-    user: str | None = None
-    databases: tuple[str, ...] = ("*",)
-    sources: tuple[IPNetwork, ...] = (
-        ipaddress.ip_network("0.0.0.0/0"),
-        ipaddress.ip_network("::/0"),
-    )
-    action: RuleAction = "allow"
-    backend: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
