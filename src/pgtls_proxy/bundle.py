@@ -33,8 +33,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pgtls_proxy.config import Config, ConfigError, config_from_bytes
+from pgtls_proxy.errors import KeyPathError
 from pgtls_proxy.passwords import PasswordsFile, PasswordsFileError, parse_userlist
-from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.pki.revocation import CRLLoader, CRLSource, RevocationChecker, crl_sources
 from pgtls_proxy.runtime import TLSState, build_state
 from pgtls_proxy.secretfiles import require_private
@@ -259,7 +259,7 @@ def build(bundle: Bundle, config: Config, crls: CRLLoader | None = None) -> TLSS
         real_of = {mem: real for real, mem in paths.items()}
         try:
             state = build_state(_remap(config, bundle, paths), crls)
-        except (ConfigError, TLSConfigError) as exc:
+        except KeyPathError as exc:
             message = exc.message
             for mem, real in real_of.items():
                 message = message.replace(mem, real)

@@ -8,7 +8,10 @@ certificate file without its intermediates, certificates and CRLs past their
 dates, CRLs signed by the wrong key, and rules that can never match.
 
 Areas are checked independently, so one run lists every problem; within an
-area a broken file stops the checks that would only repeat it.
+area a broken file stops the checks that would only repeat it. The config
+itself is read the same way: every unknown key and every broken section is
+listed, and only the file checks that would read a broken section are left
+out.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import resource
 import ssl
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
 
 from pgtls_proxy import descriptors
-from pgtls_proxy.config import Config, ConfigError, HostPort, TLSSettings, load_config
+from pgtls_proxy.config import Config, HostPort, TLSSettings, review_config
+from pgtls_proxy.errors import KeyPathError
 from pgtls_proxy.passwords import PasswordsFileError, parse_userlist
 from pgtls_proxy.pki import contexts
 from pgtls_proxy.pki.chain import build_chain, find_issuer, is_self_signed, public_key_der
@@ -38,38 +44,73 @@ EXPIRY_WARNING_DAYS = 30
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
 
 
+class Severity(StrEnum):
+    """An error makes ``check`` exit 1: ``run`` would refuse, or clients would."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem; printed as ``<severity>: <key path>: <message>``."""
+
+    severity: Severity
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.key}: {self.message}"
+
+
 class Findings:
-    """The lines ``check`` prints, in the order found."""
+    """What ``check`` reports, in the order found."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.items: list[Finding] = []
 
     def error(self, key: str, what: str) -> None:
-        self.lines.append(f"error: {key}: {what}")
+        self.items.append(Finding(Severity.ERROR, key, what))
 
     def warning(self, key: str, what: str) -> None:
-        self.lines.append(f"warning: {key}: {what}")
+        self.items.append(Finding(Severity.WARNING, key, what))
 
-    def failed(self, exc: TLSConfigError | ConfigError) -> None:
+    def failed(self, exc: KeyPathError) -> None:
         self.error(exc.key or "config", exc.message)
 
 
-def run_checks(path: str, now: datetime | None = None) -> list[str]:
-    """Return the findings for the config at ``path`` (empty when all is well)."""
+def find_problems(path: str, now: datetime | None = None) -> list[Finding]:
+    """Every problem of the config at ``path`` and the files it names (empty when all is well).
+
+    A section of the config that fails to parse skips the checks that read it;
+    the others still run.
+    """
     now = now or datetime.now(UTC)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        return [f"error: {exc.key or 'config'}: {exc.message}"]
+    review = review_config(path)
     found = Findings()
-    cas = _check_server(config, now, found)
-    if cas is not None:
-        _check_crls(config.tls, cas, now, found)
-    _check_rules(config, found)
-    _check_backends(config, found)
-    _check_descriptors(config, found)
-    _check_metrics(config, found)
-    return found.lines
+    for exc in review.errors:
+        found.failed(exc)
+    config = review.config
+    if config is None:
+        return found.items
+    broken = review.broken
+    if "tls" not in broken:
+        cas = _check_server(config, now, found)
+        if cas is not None:
+            _check_crls(config.tls, cas, now, found)
+    if not broken & {"rules", "identity"}:
+        _check_rules(config, found)
+    _check_backends(config, found)  # a broken backend is left out of config.backends
+    if not broken & {"limits", "workers"}:
+        _check_descriptors(config, found)
+    if "metrics" not in broken:
+        _check_metrics(config, found)
+    return found.items
+
+
+def run_checks(path: str, now: datetime | None = None) -> list[str]:
+    """The lines ``check`` prints for the config at ``path``."""
+    return [str(finding) for finding in find_problems(path, now)]
 
 
 def _check_descriptors(config: Config, found: Findings) -> None:

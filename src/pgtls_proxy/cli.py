@@ -12,9 +12,9 @@ import trio
 
 from pgtls_proxy import __version__
 from pgtls_proxy.ca import commands as pki_commands
-from pgtls_proxy.config import Config, ConfigError, default_config_path, load_config
+from pgtls_proxy.config import Config, default_config_path, load_config
+from pgtls_proxy.errors import KeyPathError
 from pgtls_proxy.logsetup import LOGGER_NAME, escape, route_process_output, setup_logging
-from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.secretfiles import InsecureFileError
 
 
@@ -61,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # One line in a fixed shape: "pgtls-proxy: <key path>: <file> is readable …",
         # a record of the configured log format once logging is set up.
         return _stop(str(exc))
-    except (ConfigError, TLSConfigError) as exc:
+    except KeyPathError as exc:
         return _stop(f"configuration error: {exc}")
     except OSError as exc:
         return _stop(f"cannot start: {exc}")
@@ -90,12 +90,12 @@ def _raise_descriptor_limit(config: Config) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pgtls_proxy.check import run_checks
+    from pgtls_proxy.check import Severity, find_problems
 
-    findings = run_checks(args.config)
+    findings = find_problems(args.config)
     for finding in findings:
         print(finding)
-    return 1 if any(f.startswith("error:") for f in findings) else 0
+    return 1 if any(f.severity is Severity.ERROR for f in findings) else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

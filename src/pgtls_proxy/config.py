@@ -1,9 +1,16 @@
 """YAML configuration -> frozen, typed settings.
 
 Every error carries the dotted key path it concerns (``tls.key_file``,
-``rules[2].identity``) so an operator can go straight to the line. The schema
-is written out by hand: a handful of sections with simple value types does not
-justify a schema library, and explicit checks give exact messages.
+``rules[2].identity``) so an operator can go straight to the line.
+
+The dataclasses below are the schema, stated once: a section's keys are the
+fields of its dataclass (:func:`_keys`), a key left out takes the field's
+default (:func:`_value`), a key without a default is required, and a value
+from a fixed set is a ``Literal`` type whose members are the accepted
+spellings. The parser adds what a type cannot say (ranges, ``/regex/``
+identities, cross-key rules) with explicit checks and exact messages. No
+schema library: a handful of sections with simple value types does not
+justify one, and none gives these key-path messages as they are.
 """
 
 from __future__ import annotations
@@ -11,32 +18,74 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, cast, get_args
 
 import yaml
 
 from pgtls_proxy.addresses import host_port
-from pgtls_proxy.pki.rules import IdentityPattern, PatternError, check_template, compile_identity
+from pgtls_proxy.errors import KeyPathError
+from pgtls_proxy.pki.rules import IPNetwork, PatternError, check_template, compile_identity
+from pgtls_proxy.pki.rules import Rule as Rule  # the rules' schema lives with their evaluation
+from pgtls_proxy.pki.rules import RuleAction as RuleAction
 
 DEFAULT_CONFIG_PATH = "/etc/pgtls-proxy/pgtls-proxy.yaml"
-IDENTITY_FIELDS = ("cn", "san_dns", "san_email", "san_uri", "subject")
-REVOCATION_MODES = ("strict", "lenient", "off")
-BACKEND_TLS_MODES = ("disable", "require", "verify-ca", "verify-full")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The values a setting may take, in the order error messages list them.
+IdentityField = Literal["cn", "san_dns", "san_email", "san_uri", "subject"]
+OnUserMismatch = Literal["reject", "rewrite"]
+RevocationMode = Literal["strict", "lenient", "off"]
+TLSVersion = Literal["1.2", "1.3"]
+BackendTLSMode = Literal["disable", "require", "verify-ca", "verify-full"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+IDENTITY_FIELDS: tuple[IdentityField, ...] = get_args(IdentityField)
+REVOCATION_MODES: tuple[RevocationMode, ...] = get_args(RevocationMode)
+BACKEND_TLS_MODES: tuple[BackendTLSMode, ...] = get_args(BackendTLSMode)
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
-class ConfigError(Exception):
-    """A configuration problem, tied to the key path it concerns."""
+class ConfigError(KeyPathError):
+    """A problem in the config file itself, tied to the key path it concerns."""
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
-        self.message = message
+
+class _Problems:
+    """Where the parser puts a problem: raised at once (``run``), or collected (``check``).
+
+    Collecting, an unknown key is noted and parsing goes on; a bad value
+    stops only its section (or its rule, backend or listener), which is then
+    marked broken so ``check`` skips the file checks that would read it.
+    """
+
+    def __init__(self, *, collect: bool) -> None:
+        self.collect = collect
+        self.errors: list[ConfigError] = []
+        self.broken: set[str] = set()
+
+    def unknown_key(self, key: str) -> None:
+        error = ConfigError(key, "unknown key")
+        if not self.collect:
+            raise error
+        self.errors.append(error)
+
+    def section(
+        self, name: str, fallback: T, parse: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``parse(...)``; when collecting and it fails, ``fallback``, with ``name`` broken."""
+        if not self.collect:
+            return parse(*args, **kwargs)
+        try:
+            return parse(*args, **kwargs)
+        except ConfigError as exc:
+            self.errors.append(exc)
+            self.broken.add(name)
+            return fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +111,8 @@ class TLSSettings:
     key_passphrase_file: Path | None = None
     crl_files: tuple[Path, ...] = ()
     crl_dir: Path | None = None
-    revocation: str = "strict"
-    min_version: str = "1.2"
+    revocation: RevocationMode = "strict"
+    min_version: TLSVersion = "1.2"
     ciphers: str | None = None
     handshake_timeout: float = 10.0
     direct_ssl: bool = True
@@ -71,30 +120,13 @@ class TLSSettings:
 
 @dataclass(frozen=True, slots=True)
 class IdentitySettings:
-    field: str = "cn"
-    on_user_mismatch: str = "reject"
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One line of policy; ``identity`` is the literal text from the file.
-
-    ``identity_regex`` is set when the identity was written ``/regex/``.
-    """
-
-    index: int
-    identity: str
-    identity_regex: IdentityPattern | None
-    user: str | None
-    databases: tuple[str, ...]
-    sources: tuple[IPNetwork, ...]
-    action: str
-    backend: str | None
+    field: IdentityField = "cn"
+    on_user_mismatch: OnUserMismatch = "reject"
 
 
 @dataclass(frozen=True, slots=True)
 class BackendTLSSettings:
-    mode: str = "disable"
+    mode: BackendTLSMode = "disable"
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -146,8 +178,8 @@ class MetricsSettings:
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
-    level: str = "info"
-    format: str = "text"
+    level: LogLevel = "info"
+    format: LogFormat = "text"
     audit: bool = True
 
 
@@ -177,13 +209,12 @@ class Config:
     logging: LoggingSettings
     limits: LimitsSettings
     shutdown: ShutdownSettings
-    workers: int = 1
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # The file this came from (not a key).
     source: Path | None = None
 
 
 # ---------------------------------------------------------------- parsing helpers
-
-T = TypeVar("T")
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -201,10 +232,43 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], key: str) -> None:
+def _keys(cls: type[Any]) -> tuple[str, ...]:
+    """The keys of the section ``cls`` describes: its fields, less those derived."""
+    return tuple(f.name for f in fields(cls) if f.name not in _NOT_KEYS)
+
+
+# Fields the parser fills in itself, never read from the file.
+_NOT_KEYS = frozenset({"index", "identity_regex", "name", "source"})
+
+
+def _default(cls: type[Any], name: str) -> Any:
+    """The default of the field ``name`` of ``cls`` (a required field has none)."""
+    (found,) = (f for f in fields(cls) if f.name == name)
+    if found.default_factory is not MISSING:
+        return found.default_factory()
+    assert found.default is not MISSING, f"{cls.__name__}.{name} is required"
+    return found.default
+
+
+def _value(
+    data: Mapping[str, Any], cls: type[Any], prefix: str, name: str, conv: Callable[[Any, str], T]
+) -> T:
+    """``conv`` of the value at ``prefix.name``; when absent, the default of ``cls.name``.
+
+    A key present with an empty value (``null``) is converted, not defaulted:
+    whether that means "none" is for ``conv`` to say.
+    """
+    if name in data:
+        return conv(data[name], _join(prefix, name))
+    return cast(T, _default(cls, name))
+
+
+def _check_keys(
+    data: Mapping[str, Any], allowed: tuple[str, ...], key: str, problems: _Problems
+) -> None:
     for k in data:
         if k not in allowed:
-            raise ConfigError(_join(key, k), "unknown key")
+            problems.unknown_key(_join(key, k))
 
 
 def _bool(value: Any, key: str) -> bool:
@@ -237,10 +301,18 @@ def _str(value: Any, key: str) -> str:
     return value
 
 
-def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(key, f"must be one of {', '.join(choices)}, not {value!r}")
-    return str(value)
+S = TypeVar("S", bound=str)
+
+
+def _choice(value: Any, key: str, choices: tuple[S, ...]) -> S:
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ConfigError(key, f"must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _one_of(choices: tuple[S, ...]) -> Callable[[Any, str], S]:
+    return partial(_choice, choices=choices)
 
 
 def _str_list(value: Any, key: str) -> tuple[str, ...]:
@@ -277,106 +349,107 @@ def parse_host_port(value: Any, key: str) -> HostPort:
 
 # ---------------------------------------------------------------- sections
 
-_LISTEN_KEYS = ("address", "proxy_protocol")
-_TLS_KEYS = (
-    "cert_file",
-    "key_file",
-    "key_passphrase_file",
-    "client_ca_file",
-    "crl_files",
-    "crl_dir",
-    "revocation",
-    "min_version",
-    "ciphers",
-    "handshake_timeout",
-    "direct_ssl",
-)
-_IDENTITY_KEYS = ("field", "on_user_mismatch")
-_RULE_KEYS = ("identity", "user", "databases", "sources", "action", "backend")
-_BACKEND_KEYS = ("address", "databases", "tls", "auth", "connect_timeout", "pool")
-_BACKEND_POOL_KEYS = ("size", "idle_timeout", "max_lifetime")
-_BACKEND_TLS_KEYS = ("mode", "ca_file", "cert_file", "key_file", "server_name")
-_BACKEND_AUTH_KEYS = ("passwords_file", "allow_cleartext_over_plaintext")
-_TOP_KEYS = (
-    "listen",
-    "tls",
-    "identity",
-    "rules",
-    "backends",
-    "metrics",
-    "logging",
-    "limits",
-    "shutdown",
-    "workers",
-)
+
+def _require(data: Mapping[str, Any], cls: type[Any], prefix: str, *, null: bool = False) -> None:
+    """The keys of ``cls`` without a default must be there (and, with ``null``, not null)."""
+    for f in fields(cls):
+        if f.name in _NOT_KEYS or f.default is not MISSING or f.default_factory is not MISSING:
+            continue
+        if f.name not in data or (null and data[f.name] is None):
+            raise ConfigError(_join(prefix, f.name), "is required")
 
 
-def _listen(value: Any) -> tuple[ListenSettings, ...]:
+def _optional_of(conv: Callable[[Any, str], T]) -> Callable[[Any, str], T | None]:
+    """``conv``, letting an empty value (``null``) through as None."""
+    return lambda value, key: _optional(value, key, conv)
+
+
+def _paths(value: Any, key: str, base: Path) -> tuple[Path, ...]:
+    """A list of paths; an empty value is an empty list."""
+    value = value or []
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list")
+    return tuple(_path(v, f"{key}[{i}]", base) for i, v in enumerate(value))
+
+
+def _revocation(value: Any, key: str) -> RevocationMode:
+    if value is False:
+        # YAML 1.1 reads an unquoted `off` as false.
+        value = "off"
+    return _choice(value, key, REVOCATION_MODES)
+
+
+def _min_version(value: Any, key: str) -> TLSVersion:
+    if isinstance(value, float):
+        # Unquoted `1.2` in YAML is a float; repr keeps 1.25 from passing as "1.2".
+        value = repr(value)
+    return _choice(value, key, get_args(TLSVersion))
+
+
+def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list")
+    return tuple(_network(v, f"{key}[{j}]") for j, v in enumerate(value))
+
+
+def _listen(value: Any, problems: _Problems) -> tuple[ListenSettings, ...]:
     if value is None:
-        value = [{"address": "0.0.0.0:6432"}]
+        return (ListenSettings(HostPort("0.0.0.0", 6432)),)
     if not isinstance(value, list) or not value:
         raise ConfigError("listen", "must be a non-empty list")
-    out = []
-    for i, item in enumerate(value):
-        key = f"listen[{i}]"
-        data = _mapping(item, key)
-        _check_keys(data, _LISTEN_KEYS, key)
-        if "address" not in data:
-            raise ConfigError(f"{key}.address", "is required")
-        out.append(
-            ListenSettings(
-                address=parse_host_port(data["address"], f"{key}.address"),
-                proxy_protocol=_bool(data.get("proxy_protocol", False), f"{key}.proxy_protocol"),
-            )
-        )
-    return tuple(out)
+    out = (
+        problems.section("listen", None, _listener, i, item, problems)
+        for i, item in enumerate(value)
+    )
+    return tuple(item for item in out if item is not None)
 
 
-def _tls(value: Any, base: Path) -> TLSSettings:
-    data = _mapping(value, "tls")
-    _check_keys(data, _TLS_KEYS, "tls")
-    for required in ("cert_file", "key_file", "client_ca_file"):
-        if data.get(required) is None:
-            raise ConfigError(f"tls.{required}", "is required")
-    crl_files = data.get("crl_files") or []
-    if not isinstance(crl_files, list):
-        raise ConfigError("tls.crl_files", "must be a list")
-    min_version = data.get("min_version", "1.2")
-    if isinstance(min_version, float):
-        # Unquoted `1.2` in YAML is a float; repr keeps 1.25 from passing as "1.2".
-        min_version = repr(min_version)
-    revocation = data.get("revocation", "strict")
-    if revocation is False:
-        # YAML 1.1 reads an unquoted `off` as false.
-        revocation = "off"
-    return TLSSettings(
-        cert_file=_path(data["cert_file"], "tls.cert_file", base),
-        key_file=_path(data["key_file"], "tls.key_file", base),
-        client_ca_file=_path(data["client_ca_file"], "tls.client_ca_file", base),
-        key_passphrase_file=_optional(
-            data.get("key_passphrase_file"),
-            "tls.key_passphrase_file",
-            lambda v, k: _path(v, k, base),
-        ),
-        crl_files=tuple(_path(v, f"tls.crl_files[{i}]", base) for i, v in enumerate(crl_files)),
-        crl_dir=_optional(data.get("crl_dir"), "tls.crl_dir", lambda v, k: _path(v, k, base)),
-        revocation=_choice(revocation, "tls.revocation", REVOCATION_MODES),
-        min_version=_choice(min_version, "tls.min_version", ("1.2", "1.3")),
-        ciphers=_optional(data.get("ciphers"), "tls.ciphers", _str),
-        handshake_timeout=_number(data.get("handshake_timeout", 10), "tls.handshake_timeout"),
-        direct_ssl=_bool(data.get("direct_ssl", True), "tls.direct_ssl"),
+def _listener(i: int, item: Any, problems: _Problems) -> ListenSettings:
+    key = f"listen[{i}]"
+    data = _mapping(item, key)
+    _check_keys(data, _keys(ListenSettings), key, problems)
+    _require(data, ListenSettings, key)
+    return ListenSettings(
+        address=parse_host_port(data["address"], f"{key}.address"),
+        proxy_protocol=_value(data, ListenSettings, key, "proxy_protocol", _bool),
     )
 
 
-def _identity(value: Any) -> IdentitySettings:
+def _tls(value: Any, base: Path, problems: _Problems) -> TLSSettings:
+    data = _mapping(value, "tls")
+    _check_keys(data, _keys(TLSSettings), "tls", problems)
+    _require(data, TLSSettings, "tls", null=True)
+    path = partial(_path, base=base)
+
+    def get(name: str, conv: Callable[[Any, str], T]) -> T:
+        return _value(data, TLSSettings, "tls", name, conv)
+
+    return TLSSettings(
+        cert_file=get("cert_file", path),
+        key_file=get("key_file", path),
+        client_ca_file=get("client_ca_file", path),
+        key_passphrase_file=get("key_passphrase_file", _optional_of(path)),
+        crl_files=get("crl_files", partial(_paths, base=base)),
+        crl_dir=get("crl_dir", _optional_of(path)),
+        revocation=get("revocation", _revocation),
+        min_version=get("min_version", _min_version),
+        ciphers=get("ciphers", _optional_of(_str)),
+        handshake_timeout=get("handshake_timeout", _number),
+        direct_ssl=get("direct_ssl", _bool),
+    )
+
+
+def _identity(value: Any, problems: _Problems) -> IdentitySettings:
     data = _mapping(value, "identity")
-    _check_keys(data, _IDENTITY_KEYS, "identity")
+    _check_keys(data, _keys(IdentitySettings), "identity", problems)
     return IdentitySettings(
-        field=_choice(data.get("field", "cn"), "identity.field", IDENTITY_FIELDS),
-        on_user_mismatch=_choice(
-            data.get("on_user_mismatch", "reject"),
-            "identity.on_user_mismatch",
-            ("reject", "rewrite"),
+        field=_value(data, IdentitySettings, "identity", "field", _one_of(IDENTITY_FIELDS)),
+        on_user_mismatch=_value(
+            data,
+            IdentitySettings,
+            "identity",
+            "on_user_mismatch",
+            _one_of(get_args(OnUserMismatch)),
         ),
     )
 
@@ -389,205 +462,292 @@ def _network(value: Any, key: str) -> IPNetwork:
         raise ConfigError(key, f"is not an address or CIDR: {text!r}") from None
 
 
-def _rules(value: Any, backends: Mapping[str, BackendSettings]) -> tuple[Rule, ...]:
+def _rules(value: Any, backends: Collection[str], problems: _Problems) -> tuple[Rule, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         raise ConfigError("rules", "must be a list")
-    out = []
-    for i, item in enumerate(value):
-        key = f"rules[{i}]"
-        data = _mapping(item, key)
-        _check_keys(data, _RULE_KEYS, key)
-        if "identity" not in data:
-            raise ConfigError(f"{key}.identity", "is required")
-        identity = _str(data["identity"], f"{key}.identity")
+    out = (
+        problems.section("rules", None, _rule, i, item, backends, problems)
+        for i, item in enumerate(value)
+    )
+    return tuple(rule for rule in out if rule is not None)
+
+
+def _rule(i: int, item: Any, backends: Collection[str], problems: _Problems) -> Rule:
+    key = f"rules[{i}]"
+    data = _mapping(item, key)
+    _check_keys(data, _keys(Rule), key, problems)
+    _require(data, Rule, key)
+
+    def get(name: str, conv: Callable[[Any, str], T]) -> T:
+        return _value(data, Rule, key, name, conv)
+
+    identity = _str(data["identity"], f"{key}.identity")
+    try:
+        regex = compile_identity(identity)
+    except PatternError as exc:
+        raise ConfigError(f"{key}.identity", str(exc)) from None
+    action = get("action", _one_of(get_args(RuleAction)))
+    user = get("user", _optional_of(_str))
+    if action == "allow" and user is None:
+        raise ConfigError(f"{key}.user", "is required for an allow rule")
+    if user is not None:
         try:
-            regex = compile_identity(identity)
+            check_template(user, regex.groups if regex is not None else 0)
         except PatternError as exc:
-            raise ConfigError(f"{key}.identity", str(exc)) from None
-        action = _choice(data.get("action", "allow"), f"{key}.action", ("allow", "reject"))
-        user = _optional(data.get("user"), f"{key}.user", _str)
-        if action == "allow" and user is None:
-            raise ConfigError(f"{key}.user", "is required for an allow rule")
-        if user is not None:
-            try:
-                check_template(user, regex.groups if regex is not None else 0)
-            except PatternError as exc:
-                raise ConfigError(f"{key}.user", str(exc)) from None
-        backend = _optional(data.get("backend"), f"{key}.backend", _str)
-        if backend is not None and backend not in backends:
-            raise ConfigError(f"{key}.backend", f"names an unknown backend {backend!r}")
-        sources = data.get("sources", ["0.0.0.0/0", "::/0"])
-        if not isinstance(sources, list):
-            raise ConfigError(f"{key}.sources", "must be a list")
-        out.append(
-            Rule(
-                index=i,
-                identity=identity,
-                identity_regex=regex,
-                user=user,
-                databases=_str_list(data.get("databases", ["*"]), f"{key}.databases"),
-                sources=tuple(_network(v, f"{key}.sources[{j}]") for j, v in enumerate(sources)),
-                action=action,
-                backend=backend,
-            )
-        )
-    return tuple(out)
+            raise ConfigError(f"{key}.user", str(exc)) from None
+    backend = get("backend", _optional_of(_str))
+    if backend is not None and backend not in backends:
+        raise ConfigError(f"{key}.backend", f"names an unknown backend {backend!r}")
+    return Rule(
+        index=i,
+        identity=identity,
+        identity_regex=regex,
+        user=user,
+        sources=get("sources", _networks),
+        databases=get("databases", _str_list),
+        action=action,
+        backend=backend,
+    )
 
 
-def _backend(name: str, value: Any, base: Path) -> BackendSettings:
+def _backend(name: str, value: Any, base: Path, problems: _Problems) -> BackendSettings:
     key = f"backends.{name}"
     data = _mapping(value, key)
-    _check_keys(data, _BACKEND_KEYS, key)
-    if "address" not in data:
-        raise ConfigError(f"{key}.address", "is required")
-    tls_data = _mapping(data.get("tls"), f"{key}.tls")
-    _check_keys(tls_data, _BACKEND_TLS_KEYS, f"{key}.tls")
-    auth_data = _mapping(data.get("auth"), f"{key}.auth")
-    _check_keys(auth_data, _BACKEND_AUTH_KEYS, f"{key}.auth")
-    pool_data = _mapping(data.get("pool"), f"{key}.pool")
-    _check_keys(pool_data, _BACKEND_POOL_KEYS, f"{key}.pool")
+    _check_keys(data, _keys(BackendSettings), key, problems)
+    _require(data, BackendSettings, key)
+    parts = {}
+    for part, cls in (
+        ("tls", BackendTLSSettings),
+        ("auth", BackendAuthSettings),
+        ("pool", BackendPoolSettings),
+    ):
+        parts[part] = _mapping(data.get(part), f"{key}.{part}")
+        _check_keys(parts[part], _keys(cls), f"{key}.{part}", problems)
+    path = _optional_of(partial(_path, base=base))
 
-    def opt_path(d: Mapping[str, Any], k: str, prefix: str) -> Path | None:
-        return _optional(d.get(k), f"{prefix}.{k}", lambda v, kk: _path(v, kk, base))
-
+    tls_data = parts["tls"]
     tls = BackendTLSSettings(
-        mode=_choice(tls_data.get("mode", "disable"), f"{key}.tls.mode", BACKEND_TLS_MODES),
-        ca_file=opt_path(tls_data, "ca_file", f"{key}.tls"),
-        cert_file=opt_path(tls_data, "cert_file", f"{key}.tls"),
-        key_file=opt_path(tls_data, "key_file", f"{key}.tls"),
-        server_name=_optional(tls_data.get("server_name"), f"{key}.tls.server_name", _str),
+        mode=_value(tls_data, BackendTLSSettings, f"{key}.tls", "mode", _one_of(BACKEND_TLS_MODES)),
+        ca_file=_value(tls_data, BackendTLSSettings, f"{key}.tls", "ca_file", path),
+        cert_file=_value(tls_data, BackendTLSSettings, f"{key}.tls", "cert_file", path),
+        key_file=_value(tls_data, BackendTLSSettings, f"{key}.tls", "key_file", path),
+        server_name=_value(
+            tls_data, BackendTLSSettings, f"{key}.tls", "server_name", _optional_of(_str)
+        ),
     )
     if tls.mode in ("verify-ca", "verify-full") and tls.ca_file is None:
         raise ConfigError(f"{key}.tls.ca_file", f"is required with mode {tls.mode}")
     if (tls.cert_file is None) != (tls.key_file is None):
         raise ConfigError(f"{key}.tls.key_file", "cert_file and key_file go together")
     auth = BackendAuthSettings(
-        passwords_file=opt_path(auth_data, "passwords_file", f"{key}.auth"),
-        allow_cleartext_over_plaintext=_bool(
-            auth_data.get("allow_cleartext_over_plaintext", False),
-            f"{key}.auth.allow_cleartext_over_plaintext",
+        passwords_file=_value(
+            parts["auth"], BackendAuthSettings, f"{key}.auth", "passwords_file", path
+        ),
+        allow_cleartext_over_plaintext=_value(
+            parts["auth"],
+            BackendAuthSettings,
+            f"{key}.auth",
+            "allow_cleartext_over_plaintext",
+            _bool,
         ),
     )
+
+    def pool(name: str, conv: Callable[[Any, str], T]) -> T:
+        return _value(parts["pool"], BackendPoolSettings, f"{key}.pool", name, conv)
+
     return BackendSettings(
         name=name,
         address=parse_host_port(data["address"], f"{key}.address"),
-        databases=_str_list(data.get("databases", ["*"]), f"{key}.databases"),
+        databases=_value(data, BackendSettings, key, "databases", _str_list),
         tls=tls,
         auth=auth,
-        connect_timeout=_number(data.get("connect_timeout", 5), f"{key}.connect_timeout"),
+        connect_timeout=_value(data, BackendSettings, key, "connect_timeout", _number),
         pool=BackendPoolSettings(
-            size=_int(pool_data.get("size", 0), f"{key}.pool.size", minimum=0),
-            idle_timeout=_number(pool_data.get("idle_timeout", 60), f"{key}.pool.idle_timeout"),
-            max_lifetime=_number(pool_data.get("max_lifetime", 3600), f"{key}.pool.max_lifetime"),
+            size=pool("size", partial(_int, minimum=0)),
+            idle_timeout=pool("idle_timeout", _number),
+            max_lifetime=pool("max_lifetime", _number),
         ),
     )
 
 
-def _metrics_tls(value: Any, base: Path) -> MetricsTLSSettings | None:
+def _metrics_tls(value: Any, base: Path, problems: _Problems) -> MetricsTLSSettings | None:
     if value is None:
         return None
     data = _mapping(value, "metrics.tls")
-    keys = ("cert_file", "key_file", "client_ca_file")
-    _check_keys(data, keys, "metrics.tls")
-    for required in keys:
-        if data.get(required) is None:
-            raise ConfigError(f"metrics.tls.{required}", "is required")
+    keys = _keys(MetricsTLSSettings)
+    _check_keys(data, keys, "metrics.tls", problems)
+    _require(data, MetricsTLSSettings, "metrics.tls", null=True)
     return MetricsTLSSettings(
         *(_path(data[k], f"metrics.tls.{k}", base) for k in keys)  # order of the fields
     )
 
 
-def _section(data: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+def _section(
+    data: Mapping[str, Any], name: str, cls: type[Any], problems: _Problems
+) -> dict[str, Any]:
     section = _mapping(data.get(name), name)
-    _check_keys(section, keys, name)
+    _check_keys(section, _keys(cls), name, problems)
     return section
 
 
-def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
-    """Validate a parsed YAML document; relative paths resolve against ``base``."""
-    top = _mapping(data, "")
-    _check_keys(top, _TOP_KEYS, "")
-    backends_data = _mapping(top.get("backends"), "backends")
-    if not backends_data:
+def _backends_data(top: Mapping[str, Any]) -> dict[str, Any]:
+    backends = _mapping(top.get("backends"), "backends")
+    if not backends:
         raise ConfigError("backends", "at least one backend is required")
-    backends = {name: _backend(name, v, base) for name, v in backends_data.items()}
+    return backends
 
-    metrics = _section(top, "metrics", ("address", "tls"))
-    logging_ = _section(top, "logging", ("level", "format", "audit"))
-    limits = _section(
-        top,
-        "limits",
-        (
-            "max_connections",
-            "startup_timeout",
-            "plaintext_cancel",
-            "max_pending",
-            "per_source_pending",
-        ),
+
+def _metrics(data: Mapping[str, Any], base: Path, problems: _Problems) -> MetricsSettings:
+    return MetricsSettings(
+        address=_value(data, MetricsSettings, "metrics", "address", _optional_of(parse_host_port)),
+        tls=_metrics_tls(data.get("tls"), base, problems),
     )
-    shutdown = _section(top, "shutdown", ("drain_timeout",))
-    metrics_address: HostPort | None = HostPort("127.0.0.1", 9187)
-    if "address" in metrics:
-        metrics_address = _optional(metrics["address"], "metrics.address", parse_host_port)
-    workers = top.get("workers")
+
+
+def _logging(data: Mapping[str, Any]) -> LoggingSettings:
+    return LoggingSettings(
+        level=_value(data, LoggingSettings, "logging", "level", _one_of(LOG_LEVELS)),
+        format=_value(data, LoggingSettings, "logging", "format", _one_of(get_args(LogFormat))),
+        audit=_value(data, LoggingSettings, "logging", "audit", _bool),
+    )
+
+
+def _limits(data: Mapping[str, Any]) -> LimitsSettings:
+    def get(name: str, conv: Callable[[Any, str], T]) -> T:
+        return _value(data, LimitsSettings, "limits", name, conv)
+
+    return LimitsSettings(
+        max_connections=get("max_connections", _int),
+        startup_timeout=get("startup_timeout", _number),
+        plaintext_cancel=get("plaintext_cancel", _bool),
+        max_pending=get("max_pending", _int),
+        per_source_pending=get("per_source_pending", _int),
+    )
+
+
+def _shutdown(data: Mapping[str, Any]) -> ShutdownSettings:
+    return ShutdownSettings(
+        drain_timeout=_value(
+            data, ShutdownSettings, "shutdown", "drain_timeout", partial(_number, positive=False)
+        )
+    )
+
+
+def _workers(top: Mapping[str, Any]) -> int:
+    """``workers``; left out or null, one per CPU (the field's default)."""
+    workers = _optional(top.get("workers"), "workers", _int)
+    return workers if workers is not None else int(_default(Config, "workers"))
+
+
+# Stands in for a ``tls`` section too broken to read, so ``check`` can go on
+# with the other sections; ``tls`` is then marked broken and never used.
+_UNUSABLE_TLS = TLSSettings(Path(), Path(), Path())
+
+
+def build_config(data: Any, base: Path, source: Path | None = None) -> Config:
+    """Validate a parsed YAML document; relative paths resolve against ``base``.
+
+    Raises the first problem as :class:`ConfigError`.
+    """
+    return _build(data, base, source, _Problems(collect=False))
+
+
+def _build(data: Any, base: Path, source: Path | None, problems: _Problems) -> Config:
+    top = _mapping(data, "")
+    _check_keys(top, _keys(Config), "", problems)
+    backends_data = problems.section("backends", {}, _backends_data, top)
+    backends: dict[str, BackendSettings] = {}
+    for name, value in backends_data.items():
+        backend = problems.section("backends", None, _backend, name, value, base, problems)
+        if backend is not None:
+            backends[name] = backend
+    sections = {
+        name: problems.section(name, {}, _section, top, name, cls, problems)
+        for name, cls in (
+            ("metrics", MetricsSettings),
+            ("logging", LoggingSettings),
+            ("limits", LimitsSettings),
+            ("shutdown", ShutdownSettings),
+        )
+    }
     return Config(
-        listen=_listen(top.get("listen")),
-        tls=_tls(top.get("tls"), base),
-        identity=_identity(top.get("identity")),
-        rules=_rules(top.get("rules"), backends),
+        listen=problems.section("listen", (), _listen, top.get("listen"), problems),
+        tls=problems.section("tls", _UNUSABLE_TLS, _tls, top.get("tls"), base, problems),
+        identity=problems.section(
+            "identity", IdentitySettings(), _identity, top.get("identity"), problems
+        ),
+        # The names in the file: a backend too broken to parse is not "unknown".
+        rules=problems.section("rules", (), _rules, top.get("rules"), backends_data, problems),
         backends=backends,
-        metrics=MetricsSettings(
-            address=metrics_address, tls=_metrics_tls(metrics.get("tls"), base)
+        metrics=problems.section(
+            "metrics", MetricsSettings(), _metrics, sections["metrics"], base, problems
         ),
-        logging=LoggingSettings(
-            level=_choice(logging_.get("level", "info"), "logging.level", LOG_LEVELS),
-            format=_choice(logging_.get("format", "text"), "logging.format", ("text", "json")),
-            audit=_bool(logging_.get("audit", True), "logging.audit"),
-        ),
-        limits=LimitsSettings(
-            max_connections=_int(limits.get("max_connections", 10000), "limits.max_connections"),
-            startup_timeout=_number(limits.get("startup_timeout", 10), "limits.startup_timeout"),
-            plaintext_cancel=_bool(limits.get("plaintext_cancel", True), "limits.plaintext_cancel"),
-            max_pending=_int(limits.get("max_pending", 1024), "limits.max_pending"),
-            per_source_pending=_int(
-                limits.get("per_source_pending", 128), "limits.per_source_pending"
-            ),
-        ),
-        shutdown=ShutdownSettings(
-            drain_timeout=_number(
-                shutdown.get("drain_timeout", 30), "shutdown.drain_timeout", positive=False
-            )
-        ),
-        workers=_int(workers, "workers") if workers is not None else (os.cpu_count() or 1),
+        logging=problems.section("logging", LoggingSettings(), _logging, sections["logging"]),
+        limits=problems.section("limits", LimitsSettings(), _limits, sections["limits"]),
+        shutdown=problems.section("shutdown", ShutdownSettings(), _shutdown, sections["shutdown"]),
+        workers=problems.section("workers", 1, _workers, top),
         source=source,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReview:
+    """Every problem of a config file at once, for ``check``.
+
+    ``config`` is None when the file cannot be read as a mapping at all;
+    otherwise a value in a section named in ``broken`` is a stand-in.
+    """
+
+    config: Config | None
+    errors: tuple[ConfigError, ...]
+    broken: frozenset[str]
+
+
+def review_config(path: str | os.PathLike[str]) -> ConfigReview:
+    """Like :func:`load_config`, but collect the problems instead of stopping at the first."""
+    p = Path(path)
+    problems = _Problems(collect=True)
+    try:
+        data = _document(_read(p), p)
+        config: Config | None = _build(data, p.resolve().parent, p.resolve(), problems)
+    except ConfigError as exc:
+        problems.errors.append(exc)
+        config = None
+    return ConfigReview(config, tuple(problems.errors), frozenset(problems.broken))
+
+
+def _read(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; raise ConfigError with the key path."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
-    return config_from_bytes(data, p)
+    return config_from_bytes(_read(p), p)
 
 
 def config_from_bytes(raw: bytes, p: Path) -> Config:
     """Validate the content of the config file ``p`` (read earlier, or kept in memory)."""
+    return build_config(_document(raw, p), p.resolve().parent, source=p.resolve())
+
+
+def _document(raw: bytes, p: Path) -> Any:
+    """The YAML document in ``raw``, the content of ``p``."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("", f"{p}: not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError("", f"{p}: invalid YAML{where}") from None
-    return build_config(data, p.resolve().parent, source=p.resolve())
 
 
 def default_config_path() -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography import x509
 
 from pgtls_proxy.config import BackendTLSSettings, MetricsTLSSettings, TLSSettings
+from pgtls_proxy.errors import KeyPathError
 from pgtls_proxy.outcomes import HandshakeResult as HR
 from pgtls_proxy.pki.peer import CertificateCapture
 
@@ -25,13 +26,8 @@ ALPN_POSTGRESQL = "postgresql"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-class TLSConfigError(Exception):
+class TLSConfigError(KeyPathError):
     """A certificate, key or CA file cannot be used; ``key`` is the config path."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
 
 
 def read_passphrase(path: Path | None) -> bytes | None:

@@ -2,6 +2,10 @@
 
 A pure function of the configured rules and one connection's facts, so the
 whole policy can be tested from tables, like PostgreSQL's pg_hba/pg_ident.
+Everything about a rule lives here, as in PostgreSQL's hba.c: its fields
+(:class:`Rule`, whose fields the config parser reads as the rule's keys),
+compiling its identity, checking its user template, and evaluating it;
+``config`` only reads the YAML and names the key of a problem.
 Rules are tried in order and, within a rule, the certificate's identity
 entries in certificate order; the first (rule, entry) that matches decides.
 
@@ -25,11 +29,15 @@ from typing import TYPE_CHECKING, Literal
 import re2
 
 if TYPE_CHECKING:
-    from pgtls_proxy.config import BackendSettings, Rule
+    from pgtls_proxy.config import BackendSettings
 
 SourceAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DenyReason = Literal["no_rule", "reject_rule", "user_mismatch"]
+RuleAction = Literal["allow", "reject"]
 
+# A reference to a group of the identity's regex in a ``user`` template, as in
+# pg_ident: ``\1`` to ``\9``. A backslash before anything else is literal text.
 _GROUP_REF = re.compile(r"\\([1-9])")
 # The identity entries of one certificate (``identity.field``) add up to at
 # most this many characters, or the certificate matches no rule. Real ones
@@ -134,6 +142,30 @@ class IdentityMatch:
         return self._found[n]
 
 
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One line of policy (the ``rules`` list of the config); ``identity`` as written.
+
+    Its fields are the keys of a rule and their defaults (the config parser
+    reads them from here).
+
+    ``identity_regex`` is set when the identity was written ``/regex/``;
+    ``index`` is the rule's place in the file. Neither is a key.
+    """
+
+    index: int
+    identity: str
+    identity_regex: IdentityPattern | None
+    user: str | None = None
+    databases: tuple[str, ...] = ("*",)
+    sources: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("0.0.0.0/0"),
+        ipaddress.ip_network("::/0"),
+    )
+    action: RuleAction = "allow"
+    backend: str | None = None
+
+
 def compile_identity(identity: str) -> IdentityPattern | None:
     r"""The compiled pattern of a ``/regex/`` identity, or None for a literal one.
 
@@ -160,6 +192,14 @@ def check_template(user: str, groups: int) -> None:
     for ref in _GROUP_REF.findall(user):
         if int(ref) > groups:
             raise PatternError(f"refers to group \\{ref} but the identity has {groups} group(s)")
+
+
+def uses_groups(user: str) -> bool:
+    r"""Whether the ``user`` template takes text from the identity (``\1`` to ``\9``).
+
+    Such a user depends on the certificate and may even come out empty.
+    """
+    return _GROUP_REF.search(user) is not None
 
 
 def substitute(template: str, match: IdentityMatch | re.Match[str] | None) -> str:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pgtls_proxy.config import Rule
+from pgtls_proxy.pki.rules import Rule, uses_groups
 
 _MATCH_ANYTHING = frozenset({".*", "(.*)", "^.*$"})
-_GROUP_REF = "\\"
 
 
 def _identity_covers(earlier: Rule, later: Rule) -> bool:
@@ -54,11 +53,11 @@ def _user_covers(earlier: Rule, later: Rule, rewrite: bool) -> bool:
     """
     if earlier.action == "reject":
         return True
-    if earlier.user is None or _GROUP_REF in earlier.user:
+    if earlier.user is None or uses_groups(earlier.user):
         return False
     if rewrite:
         return True
-    if later.action == "reject" or later.user is None or _GROUP_REF in later.user:
+    if later.action == "reject" or later.user is None or uses_groups(later.user):
         return False  # a later reject still catches the users the earlier allow does not map
     return earlier.user == later.user
 
