@@ -12,7 +12,6 @@ import resource
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,76 +32,20 @@ from pgtls_proxy.config import (
     MetricsSettings,
     load_config,
 )
+from pgtls_proxy.listeners import Listener, bind_listener
 from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.relay import engine as relay_engine
 from pgtls_proxy.runtime import Runtime
 from pgtls_proxy.session import Session
+from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
 from pgtls_proxy.watch import TLSFiles, watch_files
 
 if TYPE_CHECKING:
     from pgtls_proxy.supervisor import WorkerRole
 
 _log = logging.getLogger(f"{LOGGER_NAME}.server")
-_LISTEN_BACKLOG = 1024
-
-
-def sd_notify(message: str) -> None:
-    """Send a systemd notification datagram when NOTIFY_SOCKET is set."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(message.encode())
-    except OSError as exc:
-        _log.warning("P: cannot notify systemd: %s", exc)
-
-
-def bind_listener(address: HostPort, *, reuse_port: bool = False) -> socket.socket:
-    """A non-blocking listening socket (IPv6 sockets accept IPv6 only).
-
-    ``reuse_port`` lets several worker processes bind the same address and
-    have the kernel spread connections over them.
-    """
-    infos = socket.getaddrinfo(
-        address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(_LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _Listener:
-    """One bound listening socket and the scope of its accept loop."""
-
-    def __init__(self, settings: ListenSettings, sock: socket.socket) -> None:
-        self.settings = settings
-        self.sock = sock
-        self.port: int = sock.getsockname()[1]
-        self.scope = trio.CancelScope()
-
-    def close(self) -> None:
-        self.scope.cancel()
-        if self.sock.fileno() != -1:
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +86,7 @@ class Proxy:
         self._stop = trio.Event()
         self._sessions_done = trio.Event()
         self._session_count = 0
-        self._listeners: dict[ListenSettings, _Listener] = {}
+        self._listeners: dict[ListenSettings, Listener] = {}
         self._acceptors: trio.Nursery | None = None
         self._sessions: trio.Nursery | None = None
         self.reuse_port = role is not None
@@ -271,8 +214,8 @@ class Proxy:
                         self._apply_listeners(cfg.listen)
                         ports = tuple(item.port for item in self._listeners.values())
                         if threading_is_main():
-                            outer.start_soon(self._signals)
-                        outer.start_soon(self._watchdog)
+                            outer.start_soon(handle_signals, self.reload, self._on_stop_signal)
+                        outer.start_soon(watchdog)
                         if self.role is not None:
                             outer.start_soon(self._watch_supervisor)
                         outer.start_soon(
@@ -318,11 +261,11 @@ class Proxy:
         """
         assert self._acceptors is not None and self._sessions is not None
         added = [item for item in wanted if item not in self._listeners]
-        bound: list[_Listener] = []
+        bound: list[Listener] = []
         try:
             for item in added:
                 sock = bind_listener(item.address, reuse_port=self.reuse_port)
-                bound.append(_Listener(item, sock))
+                bound.append(Listener(item, sock))
         except BaseException:
             for listener in bound:
                 listener.close()
@@ -355,18 +298,7 @@ class Proxy:
                 self.request_stop()
                 return
 
-    async def _watchdog(self) -> None:
-        """Ping systemd's watchdog at half its interval while the loop is alive."""
-        usec = os.environ.get("WATCHDOG_USEC")
-        pid = os.environ.get("WATCHDOG_PID")
-        if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
-            return
-        interval = int(usec) / 2_000_000
-        while True:
-            sd_notify("WATCHDOG=1")
-            await trio.sleep(interval)
-
-    async def _accept_loop(self, listener: _Listener, sessions: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: Listener, sessions: trio.Nursery) -> None:
         lsock = listener.sock
         with listener.scope:
             while True:
@@ -405,20 +337,14 @@ class Proxy:
             self._session_count -= 1
             self._sessions_done.set()
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                    self.reload()
-                    sd_notify("READY=1")
-                elif self.rt.draining:
-                    _log.info("P: second stop signal, closing every session now")
-                    if self._sessions_scope is not None:
-                        self._sessions_scope.cancel()
-                else:
-                    _log.info("P: %s received, draining", signal.Signals(signum).name)
-                    self.request_stop()
+    def _on_stop_signal(self, signum: int) -> None:
+        if self.rt.draining:
+            _log.info("P: second stop signal, closing every session now")
+            if self._sessions_scope is not None:
+                self._sessions_scope.cancel()
+        else:
+            _log.info("P: %s received, draining", signal.Signals(signum).name)
+            self.request_stop()
 
 
 def threading_is_main() -> bool:

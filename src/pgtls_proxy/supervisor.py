@@ -21,11 +21,9 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +34,12 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from pgtls_proxy.admin import serve_admin
 from pgtls_proxy.bundle import ENV_BUNDLE, Bundle, bundled_files, capture_from_disk, refresh
 from pgtls_proxy.config import Config, ConfigError, HostPort
+from pgtls_proxy.listeners import reserve_port
 from pgtls_proxy.logsetup import LOGGER_NAME, LineSplitter, relay_worker_output
 from pgtls_proxy.metrics import MULTIPROC_ENV
 from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.runtime import TLSState
-from pgtls_proxy.server import sd_notify
+from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
 from pgtls_proxy.watch import POLL_INTERVAL, Snapshot, file_stamp
 
 _log = logging.getLogger(f"{LOGGER_NAME}.supervisor")
@@ -89,25 +88,6 @@ def worker_role() -> WorkerRole | None:
     )
 
 
-def _reserve_port(address: HostPort) -> socket.socket:
-    """Bind (without listening) to learn a concrete port for ``:0`` listeners.
-
-    The socket joins no accept group because it never listens, so it holds
-    the port for the workers without taking any of their connections.
-    """
-    infos = socket.getaddrinfo(
-        address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(sockaddr)
-    return sock
-
-
 @dataclass(slots=True)
 class _Worker:
     worker_id: int
@@ -132,7 +112,7 @@ class Supervisor:
         self.metrics_dir = self.rundir / "metrics"
         self.metrics_dir.mkdir()
         self.draining = False
-        self._reserved = [_reserve_port(item.address) for item in config.listen]
+        self._reserved = [reserve_port(item.address) for item in config.listen]
         self.ports = tuple(s.getsockname()[1] for s in self._reserved)
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
@@ -302,7 +282,7 @@ class Supervisor:
     def _rebind(self, config: Config) -> bool:
         """New listeners: reserve their ports, then replace every worker."""
         try:
-            reserved = [_reserve_port(item.address) for item in config.listen]
+            reserved = [reserve_port(item.address) for item in config.listen]
         except OSError as exc:
             _log.error("P: reload failed, cannot bind a new listener: %s", exc)
             return False
@@ -345,28 +325,12 @@ class Supervisor:
             self._take(bundle, state)
             _log.debug("P: changed files kept for restarting workers")
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                    self.reload()
-                    sd_notify("READY=1")
-                else:
-                    if not self.draining:
-                        _log.info("P: %s received, draining workers", signal.Signals(signum).name)
-                        sd_notify("STOPPING=1")
-                    self.draining = True
-                    self._signal_workers(signal.SIGTERM)
-
-    async def _watchdog(self) -> None:
-        usec = os.environ.get("WATCHDOG_USEC")
-        if not usec or not usec.isdigit():
-            return
-        while True:
-            if any(w.ready for w in self.workers):
-                sd_notify("WATCHDOG=1")
-            await trio.sleep(int(usec) / 2_000_000)
+    def _on_stop_signal(self, signum: int) -> None:
+        if not self.draining:
+            _log.info("P: %s received, draining workers", signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
+        self.draining = True
+        self._signal_workers(signal.SIGTERM)
 
     # ------------------------------------------------------------ main
 
@@ -382,8 +346,8 @@ class Supervisor:
                     self.ready,
                     lambda: self.metrics_context,
                 )
-            outer.start_soon(self._signals)
-            outer.start_soon(self._watchdog)
+            outer.start_soon(handle_signals, self.reload, self._on_stop_signal)
+            outer.start_soon(watchdog, lambda: any(w.ready for w in self.workers))
             outer.start_soon(self._watch_files)
             async with trio.open_nursery() as workers:
                 self._nursery = workers
