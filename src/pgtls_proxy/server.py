@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -41,9 +40,7 @@ from pgtls_proxy.runtime import Runtime
 from pgtls_proxy.session import Session
 from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
 from pgtls_proxy.watch import TLSFiles, watch_files
-
-if TYPE_CHECKING:
-    from pgtls_proxy.supervisor import WorkerRole
+from pgtls_proxy.worker import WorkerRole
 
 _log = logging.getLogger(f"{LOGGER_NAME}.server")
 
