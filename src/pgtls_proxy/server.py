@@ -34,12 +34,11 @@ from pgtls_proxy.config import (
 from pgtls_proxy.listeners import Listener, bind_listener
 from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.metrics import Metrics
-from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.relay import engine as relay_engine
-from pgtls_proxy.runtime import Runtime
+from pgtls_proxy.runtime import BUILD_ERRORS, Runtime, SnapshotBuilder
 from pgtls_proxy.session import Session
 from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
-from pgtls_proxy.watch import TLSFiles, watch_files
+from pgtls_proxy.watch import FileWatch, watch_files
 from pgtls_proxy.worker import WorkerRole
 
 _log = logging.getLogger(f"{LOGGER_NAME}.server")
@@ -67,7 +66,7 @@ class Proxy:
         self.metrics = metrics or Metrics()
         config = self._adapt(config)
         # One builder for the first state, SIGHUP and changed files alike.
-        self.files = TLSFiles(self.metrics, count_errors=self.counts_reloads)
+        self.files = SnapshotBuilder(self.metrics, count_errors=self.counts_reloads)
         self.rt = Runtime(
             # A worker starts from the supervisor's last good copy of the files.
             state=self.files.build(config)
@@ -137,7 +136,7 @@ class Proxy:
             if source is None:
                 raise ConfigError("", "no config file to reload from")
             new = self.files.build(self._adapt(load_config(source)))
-        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+        except BUILD_ERRORS as exc:
             if self.counts_reloads:
                 self.metrics.reload_by_result["failed"].inc()
             _log.error("P: reload failed, keeping the running configuration: %s", exc)
@@ -167,7 +166,7 @@ class Proxy:
         """
         try:
             new = self.files.build(self.rt.config)
-        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+        except BUILD_ERRORS as exc:
             if self.counts_reloads:
                 self.metrics.file_reload_by_result["failed"].inc()
             _log.error("P: changed TLS files not loaded, keeping the running ones: %s", exc)
@@ -216,7 +215,10 @@ class Proxy:
                         if self.role is not None:
                             outer.start_soon(self._watch_supervisor)
                         outer.start_soon(
-                            watch_files, self.files, lambda: self.rt.config, self.reload_files
+                            watch_files,
+                            FileWatch(self.files),
+                            lambda: self.rt.config,
+                            self.reload_files,
                         )
                         self.rt.ready = True
                         sd_notify("READY=1")

@@ -33,14 +33,13 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from pgtls_proxy.admin import serve_admin
 from pgtls_proxy.bundle import ENV_BUNDLE, Bundle, bundled_files, capture_from_disk, refresh
-from pgtls_proxy.config import Config, ConfigError, HostPort
+from pgtls_proxy.config import Config, HostPort
 from pgtls_proxy.listeners import reserve_port
 from pgtls_proxy.logsetup import LOGGER_NAME, LineSplitter, relay_worker_output
 from pgtls_proxy.metrics import MULTIPROC_ENV
-from pgtls_proxy.pki.contexts import TLSConfigError
-from pgtls_proxy.runtime import TLSState
+from pgtls_proxy.runtime import BUILD_ERRORS, Snapshot
 from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
-from pgtls_proxy.watch import POLL_INTERVAL, Snapshot, file_stamp
+from pgtls_proxy.watch import POLL_INTERVAL, FileStamps, file_stamp
 from pgtls_proxy.worker import (
     ENV_PARENT,
     ENV_PORTS,
@@ -67,13 +66,13 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, config: Config, workers: int, bundle: Bundle, state: TLSState) -> None:
+    def __init__(self, config: Config, workers: int, bundle: Bundle, state: Snapshot) -> None:
         assert config.source is not None
         self.config = config
         # The last configuration and files that loaded: what workers start from.
         self.bundle = bundle
         self.metrics_context = state.metrics_context
-        self._refused_files: Snapshot | None = None
+        self._refused_files: FileStamps | None = None
         self.workers = [_Worker(i) for i in range(workers)]
         self.rundir = Path(tempfile.mkdtemp(prefix="pgtls-proxy-"))
         self.metrics_dir = self.rundir / "metrics"
@@ -228,7 +227,7 @@ class Supervisor:
         assert self.config.source is not None
         try:
             bundle, state = capture_from_disk(self.config.source, self.bundle)
-        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+        except BUILD_ERRORS as exc:
             _log.error("P: reload failed, keeping the running configuration: %s", exc)
             self._signal_workers(signal.SIGHUP)
             return
@@ -240,7 +239,7 @@ class Supervisor:
         self._take(bundle, state)
         self._signal_workers(signal.SIGHUP)
 
-    def _take(self, bundle: Bundle, state: TLSState) -> None:
+    def _take(self, bundle: Bundle, state: Snapshot) -> None:
         self.bundle = bundle
         self.config = state.config
         self.metrics_context = state.metrics_context
@@ -270,7 +269,7 @@ class Supervisor:
         The workers watch the same files and log their own verdict; here a
         change that does not load only leaves the bundle as it was.
         """
-        pending: Snapshot | None = None
+        pending: FileStamps | None = None
         while True:
             await trio.sleep(POLL_INTERVAL)
             paths = bundled_files(self.config)
@@ -285,7 +284,7 @@ class Supervisor:
             pending = None
             try:
                 bundle, state = refresh(self.config, self.bundle.config, self.bundle)
-            except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+            except BUILD_ERRORS as exc:
                 self._refused_files = current
                 _log.info("P: changed files not kept for restarting workers: %s", exc)
                 continue
@@ -339,7 +338,7 @@ class Supervisor:
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
-def run_supervisor(config: Config, workers: int, bundle: Bundle, state: TLSState) -> int:
+def run_supervisor(config: Config, workers: int, bundle: Bundle, state: Snapshot) -> int:
     supervisor = Supervisor(config, workers, bundle, state)
     try:
         trio.run(supervisor.run)
