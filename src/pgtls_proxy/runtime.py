@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -180,7 +179,6 @@ class Runtime:
     connections: int = 0
     draining: bool = False
     ready: bool = False
-    started: float = field(default_factory=time.monotonic)
     # With several workers: the hand-off socket of the worker that owns a
     # substitute pid, or None when this process owns it.
     cancel_peer: Callable[[int], Path | None] | None = None
@@ -227,9 +225,6 @@ class Runtime:
             channel_binding=tls_server_end_point(server_cert) if server_cert else None,
             cleartext_ok=cleartext_allowed(backend, over_tls=isinstance(stream, TLSStream)),
         )
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 def cleartext_allowed(backend: BackendSettings, *, over_tls: bool) -> bool:

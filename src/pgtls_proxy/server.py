@@ -12,7 +12,6 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -88,7 +87,6 @@ class Proxy:
         self.reuse_port = role is not None
         if role is not None and role.workers > 1:
             self.rt.cancel_peer = self._cancel_peer
-        self.on_reload: list[Callable[[], None]] = []
         self._sessions_scope: trio.CancelScope | None = None
 
     @property
@@ -153,8 +151,6 @@ class Proxy:
         if self.counts_reloads:
             self.metrics.reload_by_result["ok"].inc()
         _log.info("P: configuration reloaded from %s", source)
-        for callback in self.on_reload:
-            callback()
         return True
 
     def reload_files(self) -> bool:
