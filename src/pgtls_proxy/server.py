@@ -7,6 +7,7 @@ bound ports from the started value, as trio's ``serve_tcp`` does.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import signal
@@ -79,15 +80,15 @@ class Proxy:
         self.rt.install(self.rt.state)
         self.admission = Admission(self.metrics, lambda: self.rt.config)
         self._stop = trio.Event()
-        self._sessions_done = trio.Event()
-        self._session_count = 0
+        # When the drain's deadline passes, and how many sessions it closed.
+        self._drain_deadline = math.inf
+        self._closed_at_deadline = 0
         self._listeners: dict[ListenSettings, Listener] = {}
         self._acceptors: trio.Nursery | None = None
         self._sessions: trio.Nursery | None = None
         self.reuse_port = role is not None
         if role is not None and role.workers > 1:
             self.rt.cancel_peer = self._cancel_peer
-        self._sessions_scope: trio.CancelScope | None = None
 
     @property
     def config(self) -> Config:
@@ -176,77 +177,83 @@ class Proxy:
     # ------------------------------------------------------------ serving
 
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
-        cfg = self.config
         relay_engine()  # its tasks and epoll set live as long as the run
         self.admission.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         try:
             async with trio.open_nursery() as outer:
-                outer.start_soon(self.admission.run)
-                metrics_port = None
-                if cfg.metrics.address is not None:
-                    metrics_port = await outer.start(
-                        serve_admin,
-                        cfg.metrics.address.host,
-                        cfg.metrics.address.port,
-                        self.metrics.registry,
-                        self.is_ready,
-                        lambda: self.rt.state.metrics_context,
-                    )
-                if self.rt.pool is not None:
-                    outer.start_soon(self.rt.pool.run, lambda: self.rt.config.backends)
-                if self.role is not None and self.role.workers > 1:
-                    await outer.start(
-                        serve_handoffs, self.rt, self.role.cancel_socket(self.role.worker_id)
-                    )
+                metrics_port = await self._start_services(outer)
                 async with trio.open_nursery() as sessions:
-                    self._sessions_scope = sessions.cancel_scope
+                    self._sessions = sessions
                     async with trio.open_nursery() as acceptors:
                         self._acceptors = acceptors
-                        self._sessions = sessions
-                        self._apply_listeners(cfg.listen)
+                        self._apply_listeners(self.config.listen)
                         ports = tuple(item.port for item in self._listeners.values())
-                        if threading_is_main():
-                            outer.start_soon(handle_signals, self.reload, self._on_stop_signal)
-                        outer.start_soon(watchdog)
-                        if self.role is not None:
-                            outer.start_soon(self._watch_supervisor)
-                        outer.start_soon(
-                            watch_files,
-                            FileWatch(self.files),
-                            lambda: self.rt.config,
-                            self.reload_files,
-                        )
+                        self._start_watchers(outer)
                         self.rt.ready = True
                         sd_notify("READY=1")
                         task_status.started(Bound(ports, metrics_port))
-                        if self.role is not None:
-                            if self.role.reloaded and self.counts_reloads:
-                                # This process is how the last reload took effect.
-                                self.metrics.reload_by_result["ok"].inc()
-                            # Tell the supervisor this worker serves.
-                            sys.stdout.write("READY\n")
-                            sys.stdout.flush()
+                        self._tell_supervisor()
                         await self._stop.wait()
                         sd_notify("STOPPING=1")
                         _log.info(
                             "P: draining %d session(s) for up to %gs",
-                            self._session_count,
+                            len(sessions.child_tasks),
                             self.rt.config.shutdown.drain_timeout,
                         )
                         self._apply_listeners(())
-                    with trio.move_on_after(self.rt.config.shutdown.drain_timeout):
-                        while self._session_count:
-                            await self._sessions_done.wait()
-                            self._sessions_done = trio.Event()
-                    if self._session_count:
-                        _log.info("P: closing %d session(s) at drain timeout", self._session_count)
-                    sessions.cancel_scope.cancel()
+                    # The drain is a deadline on the sessions nursery (as in
+                    # hypercorn): leaving it waits for the sessions, and the
+                    # deadline cancels the ones still open when it passes.
+                    self._drain_deadline = trio.current_time() + self.config.shutdown.drain_timeout
+                    sessions.cancel_scope.deadline = self._drain_deadline
+                if self._closed_at_deadline:
+                    _log.info("P: closed %d session(s) at drain timeout", self._closed_at_deadline)
                 outer.cancel_scope.cancel()
         finally:
             for listener in self._listeners.values():
                 listener.close()
             self._listeners.clear()
         _log.info("P: stopped")
+
+    async def _start_services(self, outer: trio.Nursery) -> int | None:
+        """Start what serves besides the listeners; the admin port, if any."""
+        cfg = self.config
+        outer.start_soon(self.admission.run)
+        metrics_port = None
+        if cfg.metrics.address is not None:
+            metrics_port = await outer.start(
+                serve_admin,
+                cfg.metrics.address.host,
+                cfg.metrics.address.port,
+                self.metrics.registry,
+                self.is_ready,
+                lambda: self.rt.state.metrics_context,
+            )
+        if self.rt.pool is not None:
+            outer.start_soon(self.rt.pool.run, lambda: self.rt.config.backends)
+        if self.role is not None and self.role.workers > 1:
+            await outer.start(serve_handoffs, self.rt, self.role.cancel_socket(self.role.worker_id))
+        return metrics_port
+
+    def _start_watchers(self, outer: trio.Nursery) -> None:
+        """Signals, systemd's watchdog, the supervisor and the files on disk."""
+        if threading_is_main():
+            outer.start_soon(handle_signals, self.reload, self._on_stop_signal)
+        outer.start_soon(watchdog)
+        if self.role is not None:
+            outer.start_soon(self._watch_supervisor)
+        watch = FileWatch(self.files)
+        outer.start_soon(watch_files, watch, lambda: self.rt.config, self.reload_files)
+
+    def _tell_supervisor(self) -> None:
+        """In a worker: say that it serves, on stdout (see supervisor.watch_ready)."""
+        if self.role is None:
+            return
+        if self.role.reloaded and self.counts_reloads:
+            # This process is how the last reload took effect.
+            self.metrics.reload_by_result["ok"].inc()
+        sys.stdout.write("READY\n")
+        sys.stdout.flush()
 
     def _apply_listeners(self, wanted: tuple[ListenSettings, ...]) -> None:
         """Bind what is new, close what is gone, keep what is unchanged.
@@ -321,7 +328,6 @@ class Proxy:
     async def _serve_one(
         self, sock: socket.socket, peer: object, listen: ListenSettings, ticket: Ticket
     ) -> None:
-        self._session_count += 1
         try:
             with ticket.scope:
                 await Session(
@@ -329,14 +335,14 @@ class Proxy:
                 ).run()
         finally:
             ticket.release()
-            self._session_count -= 1
-            self._sessions_done.set()
+            if trio.current_time() >= self._drain_deadline:
+                self._closed_at_deadline += 1
 
     def _on_stop_signal(self, signum: int) -> None:
         if self.rt.draining:
             _log.info("P: second stop signal, closing every session now")
-            if self._sessions_scope is not None:
-                self._sessions_scope.cancel()
+            if self._sessions is not None:
+                self._sessions.cancel_scope.cancel()
         else:
             _log.info("P: %s received, draining", signal.Signals(signum).name)
             self.request_stop()
