@@ -39,7 +39,7 @@ from pgtls_proxy.runtime import BUILD_ERRORS, Runtime, SnapshotBuilder
 from pgtls_proxy.session import Session
 from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
 from pgtls_proxy.watch import FileWatch, watch_files
-from pgtls_proxy.worker import WorkerRole
+from pgtls_proxy.worker import READY_LINE, WorkerRole
 
 _log = logging.getLogger(f"{LOGGER_NAME}.server")
 
@@ -246,13 +246,13 @@ class Proxy:
         outer.start_soon(watch_files, watch, lambda: self.rt.config, self.reload_files)
 
     def _tell_supervisor(self) -> None:
-        """In a worker: say that it serves, on stdout (see supervisor.watch_ready)."""
+        """In a worker: say that it serves (see :data:`pgtls_proxy.worker.READY_LINE`)."""
         if self.role is None:
             return
         if self.role.reloaded and self.counts_reloads:
             # This process is how the last reload took effect.
             self.metrics.reload_by_result["ok"].inc()
-        sys.stdout.write("READY\n")
+        sys.stdout.write(READY_LINE.decode() + "\n")
         sys.stdout.flush()
 
     def _apply_listeners(self, wanted: tuple[ListenSettings, ...]) -> None:

@@ -47,6 +47,7 @@ from pgtls_proxy.worker import (
     ENV_RUNDIR,
     ENV_WORKER_ID,
     ENV_WORKERS,
+    READY_LINE,
 )
 
 _log = logging.getLogger(f"{LOGGER_NAME}.supervisor")
@@ -120,45 +121,9 @@ class Supervisor:
         process starts at once on the new ports while the old one drains its
         sessions in the background.
         """
-        argv = [sys.executable, "-m", "pgtls_proxy", "run", "--config", str(self.config.source)]
         while True:
-            process = await trio.lowlevel.open_process(
-                argv,
-                env=self._env(worker),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.PIPE,
-            )
-            assert process.stderr is not None and self._nursery is not None
-            # Outlives this loop turn: a replaced worker still logs while it drains.
-            self._nursery.start_soon(self._relay_stderr, worker.worker_id, process.stderr)
-            bundle = self.bundle.encode()
-            self._live.add(process)
-            worker.process = process
-            worker.ready = False
-            worker.pids.append(process.pid)
-            replace_requested = worker.replace = trio.Event()
-            replaced = False
-            assert process.stdout is not None
-            async with trio.open_nursery() as nursery:
-
-                async def watch_ready(stdout: trio.abc.ReceiveStream = process.stdout) -> None:
-                    async for chunk in stdout:
-                        if b"READY" in chunk:
-                            worker.ready = True
-                            _log.debug("P: worker %d ready", worker.worker_id)
-
-                async def watch_replace(requested: trio.Event = replace_requested) -> None:
-                    nonlocal replaced
-                    await requested.wait()
-                    replaced = True
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(self._feed, process, bundle)
-                nursery.start_soon(watch_ready)
-                nursery.start_soon(watch_replace)
-                await process.wait()
-                nursery.cancel_scope.cancel()
+            process = await self._spawn(worker)
+            replaced = await self._serve(worker, process)
             worker.ready = False
             worker.replaced = replaced
             if replaced and process.returncode is None:
@@ -179,6 +144,56 @@ class Supervisor:
                 process.returncode,
             )
             await trio.sleep(_RESTART_DELAY)
+
+    async def _spawn(self, worker: _Worker) -> trio.Process:
+        """Start a worker process, its stderr relayed to ours."""
+        argv = [sys.executable, "-m", "pgtls_proxy", "run", "--config", str(self.config.source)]
+        process = await trio.lowlevel.open_process(
+            argv,
+            env=self._env(worker),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
+        assert process.stderr is not None and self._nursery is not None
+        # Outlives the worker's turn: a replaced worker still logs while it drains.
+        self._nursery.start_soon(self._relay_stderr, worker.worker_id, process.stderr)
+        self._live.add(process)
+        worker.process = process
+        worker.ready = False
+        worker.pids.append(process.pid)
+        return process
+
+    async def _serve(self, worker: _Worker, process: trio.Process) -> bool:
+        """Feed the worker its bundle and follow it until it exits or is to be replaced.
+
+        True when a reload asked for the worker to be replaced.
+        """
+        requested = worker.replace = trio.Event()
+        replaced = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch_replace() -> None:
+                nonlocal replaced
+                await requested.wait()
+                replaced = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(self._feed, process, self.bundle.encode())
+            nursery.start_soon(self._watch_ready, worker, process)
+            nursery.start_soon(watch_replace)
+            await process.wait()
+            nursery.cancel_scope.cancel()
+        return replaced
+
+    async def _watch_ready(self, worker: _Worker, process: trio.Process) -> None:
+        """A worker says it serves with one line on its stdout (see :mod:`pgtls_proxy.worker`)."""
+        assert process.stdout is not None
+        splitter = LineSplitter()
+        async for chunk in process.stdout:
+            if READY_LINE in splitter.feed(chunk):
+                worker.ready = True
+                _log.debug("P: worker %d ready", worker.worker_id)
 
     async def _relay_stderr(self, worker_id: int, stderr: trio.abc.ReceiveStream) -> None:
         """Copy a worker's stderr to ours line by line, through the log formatter.

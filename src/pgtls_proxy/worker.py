@@ -4,6 +4,12 @@ The supervisor (:mod:`pgtls_proxy.supervisor`) writes these variables into
 each worker's environment; the worker (:class:`pgtls_proxy.server.Proxy`)
 reads them back with :func:`worker_role`. Both sides import this module
 and neither imports the other.
+
+A worker tells its supervisor that it serves by writing :data:`READY_LINE`
+to its stdout. Stdout is free for it: logs go to stderr (relayed by the
+supervisor, :func:`pgtls_proxy.logsetup.relay_worker_output`) and the
+bundle comes in on stdin, so the pipe the supervisor opens anyway is the
+dedicated channel, with no descriptor to pass and no variable to name it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ ENV_RUNDIR = "PGTLS_PROXY_RUNDIR"
 ENV_PORTS = "PGTLS_PROXY_LISTEN_PORTS"
 ENV_RELOADED = "PGTLS_PROXY_RELOADED"
 ENV_PARENT = "PGTLS_PROXY_SUPERVISOR_PID"
+
+# The line a worker writes to its stdout once its listeners are bound.
+READY_LINE = b"READY"
 
 
 @dataclass(frozen=True, slots=True)
