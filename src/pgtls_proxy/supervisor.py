@@ -39,7 +39,7 @@ from pgtls_proxy.logsetup import LOGGER_NAME, LineSplitter, relay_worker_output
 from pgtls_proxy.metrics import MULTIPROC_ENV
 from pgtls_proxy.runtime import BUILD_ERRORS, Snapshot
 from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
-from pgtls_proxy.watch import POLL_INTERVAL, FileStamps, file_stamp
+from pgtls_proxy.watch import POLL_INTERVAL, FileStamps, Settle, stamps
 from pgtls_proxy.worker import (
     ENV_PARENT,
     ENV_PORTS,
@@ -284,19 +284,14 @@ class Supervisor:
         The workers watch the same files and log their own verdict; here a
         change that does not load only leaves the bundle as it was.
         """
-        pending: FileStamps | None = None
+        settle = Settle()
         while True:
             await trio.sleep(POLL_INTERVAL)
             paths = bundled_files(self.config)
-            current = tuple((str(path), file_stamp(path)) for path in paths)
+            current = stamps(paths)
             built = self.bundle.snapshot(self.config, paths)
-            if current in (built, self._refused_files):
-                pending = None
+            if not settle.settled(current, (built, self._refused_files)):
                 continue
-            if current != pending:
-                pending = current
-                continue
-            pending = None
             try:
                 bundle, state = refresh(self.config, self.bundle.config, self.bundle)
             except BUILD_ERRORS as exc:

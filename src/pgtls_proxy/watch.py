@@ -16,7 +16,7 @@ previous content) and the view of what was last loaded.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -63,9 +63,36 @@ def _stamp(path: Path) -> FileStamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def stamps(paths: Iterable[Path]) -> FileStamps:
+    """What ``paths`` look like now; equal stamps mean nothing changed."""
+    return tuple((str(path), _stamp(path)) for path in paths)
+
+
 def snapshot(config: Config) -> FileStamps:
     """What the watched files look like now; equal snapshots mean nothing changed."""
-    return tuple((str(path), _stamp(path)) for path in watched_files(config))
+    return stamps(watched_files(config))
+
+
+class Settle:
+    """Says when a change has held still: two polls in a row that agree on it."""
+
+    def __init__(self) -> None:
+        self._pending: FileStamps | None = None
+
+    def reset(self) -> None:
+        """Start over (the files were just read): a change needs two more polls."""
+        self._pending = None
+
+    def settled(self, current: FileStamps, known: tuple[FileStamps | None, ...]) -> bool:
+        """True when ``current`` is none of ``known`` and was seen at the last poll too."""
+        if current in known:
+            self._pending = None
+            return False
+        if current != self._pending:
+            self._pending = current
+            return False
+        self._pending = None
+        return True
 
 
 class Built(Protocol):
@@ -90,21 +117,14 @@ class FileWatch:
     def __init__(self, builder: Built) -> None:
         self.builder = builder
         self._builds = builder.builds
-        self._pending: FileStamps | None = None
+        self._settle = Settle()
 
     def changed(self, config: Config) -> bool:
         """True once a change to the files of ``config`` has held still for one poll."""
         if self.builder.builds != self._builds:
             self._builds = self.builder.builds
-            self._pending = None
-        current = snapshot(config)
-        if current == self.builder.built:
-            self._pending = None
-            return False
-        if current != self._pending:
-            self._pending = current
-            return False
-        return True
+            self._settle.reset()
+        return self._settle.settled(snapshot(config), (self.builder.built,))
 
 
 async def watch_files(
