@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import resource
 import signal
 import socket
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -28,7 +26,6 @@ from pgtls_proxy.config import (
     ConfigError,
     HostPort,
     ListenSettings,
-    MetricsSettings,
     load_config,
 )
 from pgtls_proxy.listeners import Listener, bind_listener
@@ -39,7 +36,7 @@ from pgtls_proxy.runtime import BUILD_ERRORS, Runtime, SnapshotBuilder
 from pgtls_proxy.session import Session
 from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
 from pgtls_proxy.watch import FileWatch, watch_files
-from pgtls_proxy.worker import READY_LINE, WorkerRole
+from pgtls_proxy.worker import WorkerRole
 
 _log = logging.getLogger(f"{LOGGER_NAME}.server")
 
@@ -87,7 +84,7 @@ class Proxy:
         self._acceptors: trio.Nursery | None = None
         self._sessions: trio.Nursery | None = None
         self.reuse_port = role is not None
-        if role is not None and role.workers > 1:
+        if role is not None and role.has_siblings:
             self.rt.cancel_peer = self._cancel_peer
 
     @property
@@ -96,26 +93,17 @@ class Proxy:
 
     def _adapt(self, config: Config) -> Config:
         """In a worker: the supervisor's concrete ports, and no admin endpoint."""
-        if self.role is None:
-            return config
-        listen = tuple(
-            replace(item, address=HostPort(item.address.host, port))
-            for item, port in zip(config.listen, self.role.ports, strict=False)
-        )
-        return replace(config, listen=listen, metrics=MetricsSettings(address=None))
+        return config if self.role is None else self.role.adapt(config)
 
     def _cancel_peer(self, pid: int) -> Path | None:
         """The hand-off socket of the worker that issued ``pid``, if not us."""
         assert self.role is not None
-        owner = self.rt.cancels.owner_of(pid)
-        if owner == self.role.worker_id or owner >= self.role.workers:
-            return None
-        return self.role.cancel_socket(owner)
+        return self.role.peer_socket(self.rt.cancels.owner_of(pid))
 
     @property
     def counts_reloads(self) -> bool:
         """Only one process of a group counts reloads, so one SIGHUP counts once."""
-        return self.role is None or self.role.worker_id == 0
+        return self.role is None or self.role.counts_reloads
 
     def is_ready(self) -> bool:
         """What /readyz reports: listeners bound and not draining."""
@@ -231,7 +219,7 @@ class Proxy:
             )
         if self.rt.pool is not None:
             outer.start_soon(self.rt.pool.run, lambda: self.rt.config.backends)
-        if self.role is not None and self.role.workers > 1:
+        if self.role is not None and self.role.has_siblings:
             await outer.start(serve_handoffs, self.rt, self.role.cancel_socket(self.role.worker_id))
         return metrics_port
 
@@ -241,19 +229,18 @@ class Proxy:
             outer.start_soon(handle_signals, self.reload, self._on_stop_signal)
         outer.start_soon(watchdog)
         if self.role is not None:
-            outer.start_soon(self._watch_supervisor)
+            outer.start_soon(self.role.watch_supervisor, self.request_stop)
         watch = FileWatch(self.files)
         outer.start_soon(watch_files, watch, lambda: self.rt.config, self.reload_files)
 
     def _tell_supervisor(self) -> None:
-        """In a worker: say that it serves (see :data:`pgtls_proxy.worker.READY_LINE`)."""
+        """In a worker: count the reload it carries out, and say that it serves."""
         if self.role is None:
             return
         if self.role.reloaded and self.counts_reloads:
             # This process is how the last reload took effect.
             self.metrics.reload_by_result["ok"].inc()
-        sys.stdout.write(READY_LINE.decode() + "\n")
-        sys.stdout.flush()
+        self.role.announce_ready()
 
     def _apply_listeners(self, wanted: tuple[ListenSettings, ...]) -> None:
         """Bind what is new, close what is gone, keep what is unchanged.
@@ -284,21 +271,6 @@ class Proxy:
                 HostPort(listener.settings.address.host, listener.port),
                 " (PROXY protocol)" if listener.settings.proxy_protocol else "",
             )
-
-    async def _watch_supervisor(self) -> None:
-        """Drain and exit when the supervisor is gone (we were re-parented).
-
-        Polling the parent pid is portable and, unlike PR_SET_PDEATHSIG, not
-        tied to the lifetime of the thread that happened to fork us.
-        """
-        assert self.role is not None
-        expected = self.role.supervisor_pid
-        while True:
-            await trio.sleep(1)
-            if expected and os.getppid() != expected:
-                _log.warning("P: supervisor %d is gone; draining", expected)
-                self.request_stop()
-                return
 
     async def _accept_loop(self, listener: Listener, sessions: trio.Nursery) -> None:
         lsock = listener.sock

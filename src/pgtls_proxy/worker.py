@@ -14,9 +14,19 @@ dedicated channel, with no descriptor to pass and no variable to name it.
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import trio
+
+from pgtls_proxy.config import Config, HostPort, MetricsSettings
+from pgtls_proxy.logsetup import LOGGER_NAME
+
+_log = logging.getLogger(f"{LOGGER_NAME}.server")
 
 ENV_WORKER_ID = "PGTLS_PROXY_WORKER_ID"
 ENV_WORKERS = "PGTLS_PROXY_WORKERS"
@@ -46,6 +56,49 @@ class WorkerRole:
 
     def cancel_socket(self, worker_id: int) -> Path:
         return self.rundir / f"cancel-{worker_id}.sock"
+
+    @property
+    def counts_reloads(self) -> bool:
+        """Only one process of a group counts reloads, so one SIGHUP counts once."""
+        return self.worker_id == 0
+
+    @property
+    def has_siblings(self) -> bool:
+        """Other workers may own a cancel key (see :mod:`pgtls_proxy.cancel_delivery`)."""
+        return self.workers > 1
+
+    def peer_socket(self, owner: int) -> Path | None:
+        """The hand-off socket of worker ``owner``, or None when that is us (or nobody)."""
+        if owner == self.worker_id or owner >= self.workers:
+            return None
+        return self.cancel_socket(owner)
+
+    def adapt(self, config: Config) -> Config:
+        """The supervisor's concrete ports, and no admin endpoint (the supervisor has it)."""
+        listen = tuple(
+            replace(item, address=HostPort(item.address.host, port))
+            for item, port in zip(config.listen, self.ports, strict=False)
+        )
+        return replace(config, listen=listen, metrics=MetricsSettings(address=None))
+
+    def announce_ready(self) -> None:
+        """Tell the supervisor that this worker serves."""
+        sys.stdout.write(READY_LINE.decode() + "\n")
+        sys.stdout.flush()
+
+    async def watch_supervisor(self, on_gone: Callable[[], None]) -> None:
+        """Call ``on_gone`` once the supervisor is gone (we were re-parented).
+
+        Polling the parent pid is portable and, unlike PR_SET_PDEATHSIG, not
+        tied to the lifetime of the thread that happened to fork us.
+        """
+        expected = self.supervisor_pid
+        while True:
+            await trio.sleep(1)
+            if expected and os.getppid() != expected:
+                _log.warning("P: supervisor %d is gone; draining", expected)
+                on_gone()
+                return
 
 
 def worker_role() -> WorkerRole | None:
