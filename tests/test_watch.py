@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from pgtls_proxy.config import Config, load_config
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.pki.contexts import TLSConfigError
-from pgtls_proxy.runtime import SnapshotBuilder
+from pgtls_proxy.snapshot import SnapshotBuilder
 from pgtls_proxy.watch import FileWatch, snapshot, watched_files
 from tests.fixtures.chain_pki import ChainPKI
 

@@ -32,8 +32,9 @@ from pgtls_proxy.listeners import Listener, bind_listener
 from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.relay import engine as relay_engine
-from pgtls_proxy.runtime import BUILD_ERRORS, Runtime, SnapshotBuilder
+from pgtls_proxy.runtime import Runtime
 from pgtls_proxy.session import Session
+from pgtls_proxy.snapshot import BUILD_ERRORS, SnapshotBuilder
 from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
 from pgtls_proxy.watch import FileWatch, watch_files
 from pgtls_proxy.worker import WorkerRole

@@ -37,7 +37,8 @@ from pgtls_proxy.config import Config, HostPort
 from pgtls_proxy.listeners import reserve_port
 from pgtls_proxy.logsetup import LOGGER_NAME, LineSplitter, relay_worker_output
 from pgtls_proxy.metrics import MULTIPROC_ENV
-from pgtls_proxy.runtime import BUILD_ERRORS, Snapshot
+from pgtls_proxy.runtime import Snapshot
+from pgtls_proxy.snapshot import BUILD_ERRORS
 from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
 from pgtls_proxy.watch import POLL_INTERVAL, FileStamps, Settle, stamps
 from pgtls_proxy.worker import (

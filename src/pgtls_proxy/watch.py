@@ -8,7 +8,7 @@ symlink) without a dependency, for a handful of system calls per second.
 A change is applied once two polls in a row agree on it, so a file caught
 half-written is read again when its writer is done: at most about two poll
 intervals plus the rebuild. This module only polls: the rebuild, for a
-change and for SIGHUP alike, is :class:`pgtls_proxy.runtime.SnapshotBuilder`'s,
+change and for SIGHUP alike, is :class:`pgtls_proxy.snapshot.SnapshotBuilder`'s,
 so both paths share the CRL memory (a CRL file that turns bad keeps its
 previous content) and the view of what was last loaded.
 """
