@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from pgtls_proxy.config import TLSSettings
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.pki.revocation import RevocationChecker, load_revocation
-from pgtls_proxy.runtime import Runtime, TLSState
+from pgtls_proxy.runtime import Runtime, Snapshot
 from tests.fixtures.chain_pki import ChainPKI
 
 
@@ -27,7 +27,7 @@ class _Config:
 
 @dataclass
 class _State:
-    """The parts of a TLSState that ``Runtime.install`` reads."""
+    """The parts of a Snapshot that ``Runtime.install`` reads."""
 
     revocation: RevocationChecker
     config: _Config = field(default_factory=_Config)
@@ -62,8 +62,8 @@ def test_install_publishes_each_issuers_next_update_and_drops_gone_ones(
         ),
     )
     metrics = Metrics(CollectorRegistry())
-    rt = Runtime(state=cast(TLSState, _State(both)), metrics=metrics)
-    rt.install(cast(TLSState, _State(both)))
+    rt = Runtime(state=cast(Snapshot, _State(both)), metrics=metrics)
+    rt.install(cast(Snapshot, _State(both)))
     published = _published(metrics)
     assert set(published) == {"CN=Test Root", "CN=Test Intermediate"}
     root_next = both.next_updates()["CN=Test Root"]
@@ -71,5 +71,5 @@ def test_install_publishes_each_issuers_next_update_and_drops_gone_ones(
 
     # A reload whose files no longer hold the intermediate's CRL drops its series.
     root_only = _revocation(chain_pki, (tmp_path / "root.pem",))
-    rt.install(cast(TLSState, _State(root_only)))
+    rt.install(cast(Snapshot, _State(root_only)))
     assert set(_published(metrics)) == {"CN=Test Root"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pgtls_proxy.server import sd_notify
+from pgtls_proxy.systemd import sd_notify
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "pgtls-proxy.service"
 

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from pgtls_proxy.config import Config, load_config
 from pgtls_proxy.metrics import Metrics
 from pgtls_proxy.pki.contexts import TLSConfigError
-from pgtls_proxy.watch import TLSFiles, snapshot, watched_files
+from pgtls_proxy.snapshot import SnapshotBuilder
+from pgtls_proxy.watch import FileWatch, snapshot, watched_files
 from tests.fixtures.chain_pki import ChainPKI
 
 
@@ -80,30 +81,32 @@ def test_snapshot_sees_content_renames_and_directory_entries(
 
 
 def test_a_change_applies_once_it_holds_still_for_one_poll(config: Config, tmp_path: Path) -> None:
-    files = TLSFiles()
+    files = SnapshotBuilder()
+    watch = FileWatch(files)
     files.build(config)
-    assert not files.changed(config)
+    assert not watch.changed(config)
     touch(tmp_path / "localhost.crt")
-    assert not files.changed(config), "first sight: the writer may not be done"
+    assert not watch.changed(config), "first sight: the writer may not be done"
     touch(tmp_path / "localhost.crt")
-    assert not files.changed(config), "still moving"
-    assert files.changed(config), "held still for a poll"
+    assert not watch.changed(config), "still moving"
+    assert watch.changed(config), "held still for a poll"
     files.build(config)
-    assert not files.changed(config)
+    assert not watch.changed(config)
 
 
 def test_a_failed_build_is_not_retried_until_the_files_change_again(
     config: Config, tmp_path: Path
 ) -> None:
     metrics = Metrics(CollectorRegistry())
-    files = TLSFiles(metrics)
+    files = SnapshotBuilder(metrics)
+    watch = FileWatch(files)
     files.build(config)
     (tmp_path / "localhost.key").write_bytes(b"broken")
-    files.changed(config)
-    assert files.changed(config)
+    watch.changed(config)
+    assert watch.changed(config)
     with pytest.raises(TLSConfigError):
         files.build(config)
-    assert not files.changed(config) and not files.changed(config)
+    assert not watch.changed(config) and not watch.changed(config)
 
 
 def test_bad_crls_are_counted_once_per_build_and_only_where_asked(
@@ -111,10 +114,10 @@ def test_bad_crls_are_counted_once_per_build_and_only_where_asked(
 ) -> None:
     (tmp_path / "inter2.pem").write_bytes(b"garbage")
     counted = Metrics(CollectorRegistry())
-    state = TLSFiles(counted).build(config)
+    state = SnapshotBuilder(counted).build(config)
     [problem] = state.revocation.problems
     assert problem.source.key == "tls.crl_files[0]"
     assert counted.registry.get_sample_value("pgtls_crl_load_errors_total") == 1
     silent = Metrics(CollectorRegistry())
-    TLSFiles(silent, count_errors=False).build(config)
+    SnapshotBuilder(silent, count_errors=False).build(config)
     assert silent.registry.get_sample_value("pgtls_crl_load_errors_total") == 0

@@ -36,9 +36,9 @@ from pgtls_proxy.config import Config, ConfigError, config_from_bytes
 from pgtls_proxy.errors import KeyPathError
 from pgtls_proxy.passwords import PasswordsFile, PasswordsFileError, parse_userlist
 from pgtls_proxy.pki.revocation import CRLLoader, CRLSource, RevocationChecker, crl_sources
-from pgtls_proxy.runtime import TLSState, build_state
+from pgtls_proxy.runtime import Snapshot, build_state
 from pgtls_proxy.secretfiles import require_private
-from pgtls_proxy.watch import FileStamp, Snapshot, file_stamp, watched_files
+from pgtls_proxy.watch import FileStamp, FileStamps, file_stamp, watched_files
 
 # Set in a worker's environment when its stdin carries a bundle (a flag only).
 ENV_BUNDLE = "PGTLS_PROXY_BUNDLE"
@@ -88,7 +88,7 @@ class Bundle:
         """The config as it was when the bundle was taken; ConfigError if unusable."""
         return config_from_bytes(self.config, self.source)
 
-    def snapshot(self, config: Config, paths: list[Path] | None = None) -> Snapshot:
+    def snapshot(self, config: Config, paths: list[Path] | None = None) -> FileStamps:
         """The watcher's view of ``config``'s files (or ``paths``) as they were when read.
 
         A CRL file of the bundle that is gone from ``crl_dir`` since stays in
@@ -145,7 +145,7 @@ def _crl_order(config: Config, files: dict[str, bytes]) -> tuple[tuple[str, str]
     )
 
 
-def capture_from_disk(source: Path, previous: Bundle | None = None) -> tuple[Bundle, TLSState]:
+def capture_from_disk(source: Path, previous: Bundle | None = None) -> tuple[Bundle, Snapshot]:
     """Read the config file and its files, and prove they load; raise as a reload would.
 
     Also checks the modes of the real files (a bundle's copies are private).
@@ -159,7 +159,7 @@ def capture_from_disk(source: Path, previous: Bundle | None = None) -> tuple[Bun
     return refresh(config, raw, previous)
 
 
-def refresh(config: Config, raw: bytes, previous: Bundle | None) -> tuple[Bundle, TLSState]:
+def refresh(config: Config, raw: bytes, previous: Bundle | None) -> tuple[Bundle, Snapshot]:
     """A new bundle of ``config``'s files as they are now, and the state it builds.
 
     A CRL file that does not load now keeps the bytes ``previous`` had for
@@ -248,7 +248,7 @@ def _remap(config: Config, bundle: Bundle, paths: dict[str, str]) -> Config:
     return replace(config, tls=tls, backends=backends, metrics=metrics)
 
 
-def build(bundle: Bundle, config: Config, crls: CRLLoader | None = None) -> TLSState:
+def build(bundle: Bundle, config: Config, crls: CRLLoader | None = None) -> Snapshot:
     """The TLS state of ``config`` (the bundle's, maybe adapted) from the bundle's bytes.
 
     The state's config keeps the real paths; its CRLs name their real files,

@@ -30,7 +30,8 @@ def _stop(reason: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pgtls_proxy.bundle import ENV_BUNDLE, Bundle, capture_from_disk
     from pgtls_proxy.server import Proxy
-    from pgtls_proxy.supervisor import run_supervisor, worker_role
+    from pgtls_proxy.supervisor import run_supervisor
+    from pgtls_proxy.worker import worker_role
 
     try:
         role = worker_role()

@@ -1,6 +1,7 @@
 """The state a running proxy shares between its connections.
 
-A :class:`TLSState` is built in one piece from a config and swapped in one
+A :class:`Snapshot` (the config and everything loaded from the files it
+names) is built in one piece from a config and swapped in one
 assignment on reload, so a connection that took a snapshot at accept time
 keeps a consistent view (rules, contexts, CRLs) for its whole life.
 """
@@ -9,10 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from pgtls_proxy.backend_pool import BackendPool
@@ -30,7 +30,7 @@ from pgtls_proxy.wire.login import Authenticator
 
 
 @dataclass(frozen=True, slots=True)
-class TLSState:
+class Snapshot:
     """Everything a new connection needs, built together from one config."""
 
     config: Config
@@ -46,7 +46,7 @@ class TLSState:
     metrics_context: ssl.SSLContext | None = None
 
 
-def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
+def build_state(config: Config, crls: CRLLoader | None = None) -> Snapshot:
     """Load every file the config names; raise ConfigError/TLSConfigError.
 
     ``crls`` is the process's long-lived loader, so a CRL file that turned
@@ -73,7 +73,7 @@ def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
             if backend.tls.mode == "disable"
             else contexts.backend_context(backend.tls, f"backends.{name}.tls")
         )
-    return TLSState(
+    return Snapshot(
         config=config,
         server_context=server_ctx,
         backend_contexts=backend_ctxs,
@@ -91,15 +91,14 @@ def build_state(config: Config, crls: CRLLoader | None = None) -> TLSState:
 
 @dataclass(slots=True)
 class Runtime:
-    """Mutable process-wide state: the current TLSState and live counters."""
+    """Mutable process-wide state: the current snapshot and live counters."""
 
-    state: TLSState
+    state: Snapshot
     metrics: Metrics
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     connections: int = 0
     draining: bool = False
     ready: bool = False
-    started: float = field(default_factory=time.monotonic)
     # With several workers: the hand-off socket of the worker that owns a
     # substitute pid, or None when this process owns it.
     cancel_peer: Callable[[int], Path | None] | None = None
@@ -110,7 +109,7 @@ class Runtime:
         if self.pool is None:
             self.pool = BackendPool(self.metrics)
 
-    def install(self, state: TLSState) -> None:
+    def install(self, state: Snapshot) -> None:
         """Swap in a new state; established sessions keep their snapshot."""
         self.state = state
         self.metrics.server_cert_expiry.set(state.server_cert_not_after.timestamp())
@@ -149,9 +148,6 @@ class Runtime:
             channel_binding=tls_server_end_point(server_cert) if server_cert else None,
             cleartext_ok=cleartext_allowed(backend, over_tls=isinstance(stream, TLSStream)),
         )
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 def cleartext_allowed(backend: BackendSettings, *, over_tls: bool) -> bool:

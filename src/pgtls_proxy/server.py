@@ -7,16 +7,12 @@ bound ports from the started value, as trio's ``serve_tcp`` does.
 from __future__ import annotations
 
 import logging
-import os
+import math
 import resource
 import signal
 import socket
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -30,79 +26,20 @@ from pgtls_proxy.config import (
     ConfigError,
     HostPort,
     ListenSettings,
-    MetricsSettings,
     load_config,
 )
+from pgtls_proxy.listeners import Listener, bind_listener
 from pgtls_proxy.logsetup import LOGGER_NAME
 from pgtls_proxy.metrics import Metrics
-from pgtls_proxy.pki.contexts import TLSConfigError
 from pgtls_proxy.relay import engine as relay_engine
 from pgtls_proxy.runtime import Runtime
 from pgtls_proxy.session import Session
-from pgtls_proxy.watch import TLSFiles, watch_files
-
-if TYPE_CHECKING:
-    from pgtls_proxy.supervisor import WorkerRole
+from pgtls_proxy.snapshot import BUILD_ERRORS, SnapshotBuilder
+from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
+from pgtls_proxy.watch import FileWatch, watch_files
+from pgtls_proxy.worker import WorkerRole
 
 _log = logging.getLogger(f"{LOGGER_NAME}.server")
-_LISTEN_BACKLOG = 1024
-
-
-def sd_notify(message: str) -> None:
-    """Send a systemd notification datagram when NOTIFY_SOCKET is set."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(message.encode())
-    except OSError as exc:
-        _log.warning("P: cannot notify systemd: %s", exc)
-
-
-def bind_listener(address: HostPort, *, reuse_port: bool = False) -> socket.socket:
-    """A non-blocking listening socket (IPv6 sockets accept IPv6 only).
-
-    ``reuse_port`` lets several worker processes bind the same address and
-    have the kernel spread connections over them.
-    """
-    infos = socket.getaddrinfo(
-        address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(_LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _Listener:
-    """One bound listening socket and the scope of its accept loop."""
-
-    def __init__(self, settings: ListenSettings, sock: socket.socket) -> None:
-        self.settings = settings
-        self.sock = sock
-        self.port: int = sock.getsockname()[1]
-        self.scope = trio.CancelScope()
-
-    def close(self) -> None:
-        self.scope.cancel()
-        if self.sock.fileno() != -1:
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +64,7 @@ class Proxy:
         self.metrics = metrics or Metrics()
         config = self._adapt(config)
         # One builder for the first state, SIGHUP and changed files alike.
-        self.files = TLSFiles(self.metrics, count_errors=self.counts_reloads)
+        self.files = SnapshotBuilder(self.metrics, count_errors=self.counts_reloads)
         self.rt = Runtime(
             # A worker starts from the supervisor's last good copy of the files.
             state=self.files.build(config)
@@ -141,16 +78,15 @@ class Proxy:
         self.rt.install(self.rt.state)
         self.admission = Admission(self.metrics, lambda: self.rt.config)
         self._stop = trio.Event()
-        self._sessions_done = trio.Event()
-        self._session_count = 0
-        self._listeners: dict[ListenSettings, _Listener] = {}
+        # When the drain's deadline passes, and how many sessions it closed.
+        self._drain_deadline = math.inf
+        self._closed_at_deadline = 0
+        self._listeners: dict[ListenSettings, Listener] = {}
         self._acceptors: trio.Nursery | None = None
         self._sessions: trio.Nursery | None = None
         self.reuse_port = role is not None
-        if role is not None and role.workers > 1:
+        if role is not None and role.has_siblings:
             self.rt.cancel_peer = self._cancel_peer
-        self.on_reload: list[Callable[[], None]] = []
-        self._sessions_scope: trio.CancelScope | None = None
 
     @property
     def config(self) -> Config:
@@ -158,26 +94,17 @@ class Proxy:
 
     def _adapt(self, config: Config) -> Config:
         """In a worker: the supervisor's concrete ports, and no admin endpoint."""
-        if self.role is None:
-            return config
-        listen = tuple(
-            replace(item, address=HostPort(item.address.host, port))
-            for item, port in zip(config.listen, self.role.ports, strict=False)
-        )
-        return replace(config, listen=listen, metrics=MetricsSettings(address=None))
+        return config if self.role is None else self.role.adapt(config)
 
     def _cancel_peer(self, pid: int) -> Path | None:
         """The hand-off socket of the worker that issued ``pid``, if not us."""
         assert self.role is not None
-        owner = self.rt.cancels.owner_of(pid)
-        if owner == self.role.worker_id or owner >= self.role.workers:
-            return None
-        return self.role.cancel_socket(owner)
+        return self.role.peer_socket(self.rt.cancels.owner_of(pid))
 
     @property
     def counts_reloads(self) -> bool:
         """Only one process of a group counts reloads, so one SIGHUP counts once."""
-        return self.role is None or self.role.worker_id == 0
+        return self.role is None or self.role.counts_reloads
 
     def is_ready(self) -> bool:
         """What /readyz reports: listeners bound and not draining."""
@@ -197,7 +124,7 @@ class Proxy:
             if source is None:
                 raise ConfigError("", "no config file to reload from")
             new = self.files.build(self._adapt(load_config(source)))
-        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+        except BUILD_ERRORS as exc:
             if self.counts_reloads:
                 self.metrics.reload_by_result["failed"].inc()
             _log.error("P: reload failed, keeping the running configuration: %s", exc)
@@ -214,8 +141,6 @@ class Proxy:
         if self.counts_reloads:
             self.metrics.reload_by_result["ok"].inc()
         _log.info("P: configuration reloaded from %s", source)
-        for callback in self.on_reload:
-            callback()
         return True
 
     def reload_files(self) -> bool:
@@ -227,7 +152,7 @@ class Proxy:
         """
         try:
             new = self.files.build(self.rt.config)
-        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+        except BUILD_ERRORS as exc:
             if self.counts_reloads:
                 self.metrics.file_reload_by_result["failed"].inc()
             _log.error("P: changed TLS files not loaded, keeping the running ones: %s", exc)
@@ -241,74 +166,82 @@ class Proxy:
     # ------------------------------------------------------------ serving
 
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
-        cfg = self.config
         relay_engine()  # its tasks and epoll set live as long as the run
         self.admission.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         try:
             async with trio.open_nursery() as outer:
-                outer.start_soon(self.admission.run)
-                metrics_port = None
-                if cfg.metrics.address is not None:
-                    metrics_port = await outer.start(
-                        serve_admin,
-                        cfg.metrics.address.host,
-                        cfg.metrics.address.port,
-                        self.metrics.registry,
-                        self.is_ready,
-                        lambda: self.rt.state.metrics_context,
-                    )
-                if self.rt.pool is not None:
-                    outer.start_soon(self.rt.pool.run, lambda: self.rt.config.backends)
-                if self.role is not None and self.role.workers > 1:
-                    await outer.start(
-                        serve_handoffs, self.rt, self.role.cancel_socket(self.role.worker_id)
-                    )
+                metrics_port = await self._start_services(outer)
                 async with trio.open_nursery() as sessions:
-                    self._sessions_scope = sessions.cancel_scope
+                    self._sessions = sessions
                     async with trio.open_nursery() as acceptors:
                         self._acceptors = acceptors
-                        self._sessions = sessions
-                        self._apply_listeners(cfg.listen)
+                        self._apply_listeners(self.config.listen)
                         ports = tuple(item.port for item in self._listeners.values())
-                        if threading_is_main():
-                            outer.start_soon(self._signals)
-                        outer.start_soon(self._watchdog)
-                        if self.role is not None:
-                            outer.start_soon(self._watch_supervisor)
-                        outer.start_soon(
-                            watch_files, self.files, lambda: self.rt.config, self.reload_files
-                        )
+                        self._start_watchers(outer)
                         self.rt.ready = True
                         sd_notify("READY=1")
                         task_status.started(Bound(ports, metrics_port))
-                        if self.role is not None:
-                            if self.role.reloaded and self.counts_reloads:
-                                # This process is how the last reload took effect.
-                                self.metrics.reload_by_result["ok"].inc()
-                            # Tell the supervisor this worker serves.
-                            sys.stdout.write("READY\n")
-                            sys.stdout.flush()
+                        self._tell_supervisor()
                         await self._stop.wait()
                         sd_notify("STOPPING=1")
                         _log.info(
                             "P: draining %d session(s) for up to %gs",
-                            self._session_count,
+                            len(sessions.child_tasks),
                             self.rt.config.shutdown.drain_timeout,
                         )
                         self._apply_listeners(())
-                    with trio.move_on_after(self.rt.config.shutdown.drain_timeout):
-                        while self._session_count:
-                            await self._sessions_done.wait()
-                            self._sessions_done = trio.Event()
-                    if self._session_count:
-                        _log.info("P: closing %d session(s) at drain timeout", self._session_count)
-                    sessions.cancel_scope.cancel()
+                    # The drain is a deadline on the sessions nursery (as in
+                    # hypercorn): leaving it waits for the sessions, and the
+                    # deadline cancels the ones still open when it passes.
+                    self._drain_deadline = trio.current_time() + self.config.shutdown.drain_timeout
+                    sessions.cancel_scope.deadline = self._drain_deadline
+                if self._closed_at_deadline:
+                    _log.info("P: closed %d session(s) at drain timeout", self._closed_at_deadline)
                 outer.cancel_scope.cancel()
         finally:
             for listener in self._listeners.values():
                 listener.close()
             self._listeners.clear()
         _log.info("P: stopped")
+
+    async def _start_services(self, outer: trio.Nursery) -> int | None:
+        """Start what serves besides the listeners; the admin port, if any."""
+        cfg = self.config
+        outer.start_soon(self.admission.run)
+        metrics_port = None
+        if cfg.metrics.address is not None:
+            metrics_port = await outer.start(
+                serve_admin,
+                cfg.metrics.address.host,
+                cfg.metrics.address.port,
+                self.metrics.registry,
+                self.is_ready,
+                lambda: self.rt.state.metrics_context,
+            )
+        if self.rt.pool is not None:
+            outer.start_soon(self.rt.pool.run, lambda: self.rt.config.backends)
+        if self.role is not None and self.role.has_siblings:
+            await outer.start(serve_handoffs, self.rt, self.role.cancel_socket(self.role.worker_id))
+        return metrics_port
+
+    def _start_watchers(self, outer: trio.Nursery) -> None:
+        """Signals, systemd's watchdog, the supervisor and the files on disk."""
+        if threading_is_main():
+            outer.start_soon(handle_signals, self.reload, self._on_stop_signal)
+        outer.start_soon(watchdog)
+        if self.role is not None:
+            outer.start_soon(self.role.watch_supervisor, self.request_stop)
+        watch = FileWatch(self.files)
+        outer.start_soon(watch_files, watch, lambda: self.rt.config, self.reload_files)
+
+    def _tell_supervisor(self) -> None:
+        """In a worker: count the reload it carries out, and say that it serves."""
+        if self.role is None:
+            return
+        if self.role.reloaded and self.counts_reloads:
+            # This process is how the last reload took effect.
+            self.metrics.reload_by_result["ok"].inc()
+        self.role.announce_ready()
 
     def _apply_listeners(self, wanted: tuple[ListenSettings, ...]) -> None:
         """Bind what is new, close what is gone, keep what is unchanged.
@@ -318,11 +251,11 @@ class Proxy:
         """
         assert self._acceptors is not None and self._sessions is not None
         added = [item for item in wanted if item not in self._listeners]
-        bound: list[_Listener] = []
+        bound: list[Listener] = []
         try:
             for item in added:
                 sock = bind_listener(item.address, reuse_port=self.reuse_port)
-                bound.append(_Listener(item, sock))
+                bound.append(Listener(item, sock))
         except BaseException:
             for listener in bound:
                 listener.close()
@@ -340,33 +273,7 @@ class Proxy:
                 " (PROXY protocol)" if listener.settings.proxy_protocol else "",
             )
 
-    async def _watch_supervisor(self) -> None:
-        """Drain and exit when the supervisor is gone (we were re-parented).
-
-        Polling the parent pid is portable and, unlike PR_SET_PDEATHSIG, not
-        tied to the lifetime of the thread that happened to fork us.
-        """
-        assert self.role is not None
-        expected = self.role.supervisor_pid
-        while True:
-            await trio.sleep(1)
-            if expected and os.getppid() != expected:
-                _log.warning("P: supervisor %d is gone; draining", expected)
-                self.request_stop()
-                return
-
-    async def _watchdog(self) -> None:
-        """Ping systemd's watchdog at half its interval while the loop is alive."""
-        usec = os.environ.get("WATCHDOG_USEC")
-        pid = os.environ.get("WATCHDOG_PID")
-        if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
-            return
-        interval = int(usec) / 2_000_000
-        while True:
-            sd_notify("WATCHDOG=1")
-            await trio.sleep(interval)
-
-    async def _accept_loop(self, listener: _Listener, sessions: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: Listener, sessions: trio.Nursery) -> None:
         lsock = listener.sock
         with listener.scope:
             while True:
@@ -394,7 +301,6 @@ class Proxy:
     async def _serve_one(
         self, sock: socket.socket, peer: object, listen: ListenSettings, ticket: Ticket
     ) -> None:
-        self._session_count += 1
         try:
             with ticket.scope:
                 await Session(
@@ -402,23 +308,17 @@ class Proxy:
                 ).run()
         finally:
             ticket.release()
-            self._session_count -= 1
-            self._sessions_done.set()
+            if trio.current_time() >= self._drain_deadline:
+                self._closed_at_deadline += 1
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                    self.reload()
-                    sd_notify("READY=1")
-                elif self.rt.draining:
-                    _log.info("P: second stop signal, closing every session now")
-                    if self._sessions_scope is not None:
-                        self._sessions_scope.cancel()
-                else:
-                    _log.info("P: %s received, draining", signal.Signals(signum).name)
-                    self.request_stop()
+    def _on_stop_signal(self, signum: int) -> None:
+        if self.rt.draining:
+            _log.info("P: second stop signal, closing every session now")
+            if self._sessions is not None:
+                self._sessions.cancel_scope.cancel()
+        else:
+            _log.info("P: %s received, draining", signal.Signals(signum).name)
+            self.request_stop()
 
 
 def threading_is_main() -> bool:

@@ -35,7 +35,7 @@ from pgtls_proxy.pki import rules as rules_mod
 from pgtls_proxy.pki.contexts import ALPN_POSTGRESQL, classify_handshake_error
 from pgtls_proxy.pki.identity import CertIdentity
 from pgtls_proxy.relay import Side, relay_session
-from pgtls_proxy.runtime import Runtime, TLSState
+from pgtls_proxy.runtime import Runtime, Snapshot
 from pgtls_proxy.wire import codec, proxyproto
 from pgtls_proxy.wire.auth import PasswordAnswerer
 from pgtls_proxy.wire.errors import ProtocolError
@@ -139,7 +139,7 @@ class Session:
         ticket: Ticket | None = None,
     ) -> None:
         self.rt = rt
-        self.state: TLSState = rt.state  # snapshot: a reload does not touch us
+        self.state: Snapshot = rt.state  # snapshot: a reload does not touch us
         self.cfg = self.state.config
         self.metrics = rt.metrics
         self.sid = secrets.token_hex(4)

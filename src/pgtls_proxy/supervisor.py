@@ -21,11 +21,9 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,77 +33,27 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from pgtls_proxy.admin import serve_admin
 from pgtls_proxy.bundle import ENV_BUNDLE, Bundle, bundled_files, capture_from_disk, refresh
-from pgtls_proxy.config import Config, ConfigError, HostPort
+from pgtls_proxy.config import Config, HostPort
+from pgtls_proxy.listeners import reserve_port
 from pgtls_proxy.logsetup import LOGGER_NAME, LineSplitter, relay_worker_output
 from pgtls_proxy.metrics import MULTIPROC_ENV
-from pgtls_proxy.pki.contexts import TLSConfigError
-from pgtls_proxy.runtime import TLSState
-from pgtls_proxy.server import sd_notify
-from pgtls_proxy.watch import POLL_INTERVAL, Snapshot, file_stamp
+from pgtls_proxy.runtime import Snapshot
+from pgtls_proxy.snapshot import BUILD_ERRORS
+from pgtls_proxy.systemd import handle_signals, sd_notify, watchdog
+from pgtls_proxy.watch import POLL_INTERVAL, FileStamps, Settle, stamps
+from pgtls_proxy.worker import (
+    ENV_PARENT,
+    ENV_PORTS,
+    ENV_RELOADED,
+    ENV_RUNDIR,
+    ENV_WORKER_ID,
+    ENV_WORKERS,
+    READY_LINE,
+)
 
 _log = logging.getLogger(f"{LOGGER_NAME}.supervisor")
 
-ENV_WORKER_ID = "PGTLS_PROXY_WORKER_ID"
-ENV_WORKERS = "PGTLS_PROXY_WORKERS"
-ENV_RUNDIR = "PGTLS_PROXY_RUNDIR"
-ENV_PORTS = "PGTLS_PROXY_LISTEN_PORTS"
-ENV_RELOADED = "PGTLS_PROXY_RELOADED"
-ENV_PARENT = "PGTLS_PROXY_SUPERVISOR_PID"
 _RESTART_DELAY = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerRole:
-    """What a worker process was told by its supervisor."""
-
-    worker_id: int
-    workers: int
-    rundir: Path
-    ports: tuple[int, ...]
-    reloaded: bool = False  # started by a reload that changed the listeners
-    supervisor_pid: int = 0
-
-    @property
-    def worker_bits(self) -> int:
-        return max(0, (self.workers - 1).bit_length())
-
-    def cancel_socket(self, worker_id: int) -> Path:
-        return self.rundir / f"cancel-{worker_id}.sock"
-
-
-def worker_role() -> WorkerRole | None:
-    """The role from the environment, or None in a single-process run."""
-    wid = os.environ.get(ENV_WORKER_ID)
-    if wid is None:
-        return None
-    ports = tuple(int(p) for p in os.environ.get(ENV_PORTS, "").split(",") if p)
-    return WorkerRole(
-        worker_id=int(wid),
-        workers=int(os.environ[ENV_WORKERS]),
-        rundir=Path(os.environ[ENV_RUNDIR]),
-        ports=ports,
-        reloaded=os.environ.get(ENV_RELOADED) == "1",
-        supervisor_pid=int(os.environ.get(ENV_PARENT, "0")),
-    )
-
-
-def _reserve_port(address: HostPort) -> socket.socket:
-    """Bind (without listening) to learn a concrete port for ``:0`` listeners.
-
-    The socket joins no accept group because it never listens, so it holds
-    the port for the workers without taking any of their connections.
-    """
-    infos = socket.getaddrinfo(
-        address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(sockaddr)
-    return sock
 
 
 @dataclass(slots=True)
@@ -120,19 +68,19 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, config: Config, workers: int, bundle: Bundle, state: TLSState) -> None:
+    def __init__(self, config: Config, workers: int, bundle: Bundle, state: Snapshot) -> None:
         assert config.source is not None
         self.config = config
         # The last configuration and files that loaded: what workers start from.
         self.bundle = bundle
         self.metrics_context = state.metrics_context
-        self._refused_files: Snapshot | None = None
+        self._refused_files: FileStamps | None = None
         self.workers = [_Worker(i) for i in range(workers)]
         self.rundir = Path(tempfile.mkdtemp(prefix="pgtls-proxy-"))
         self.metrics_dir = self.rundir / "metrics"
         self.metrics_dir.mkdir()
         self.draining = False
-        self._reserved = [_reserve_port(item.address) for item in config.listen]
+        self._reserved = [reserve_port(item.address) for item in config.listen]
         self.ports = tuple(s.getsockname()[1] for s in self._reserved)
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
@@ -174,45 +122,9 @@ class Supervisor:
         process starts at once on the new ports while the old one drains its
         sessions in the background.
         """
-        argv = [sys.executable, "-m", "pgtls_proxy", "run", "--config", str(self.config.source)]
         while True:
-            process = await trio.lowlevel.open_process(
-                argv,
-                env=self._env(worker),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.PIPE,
-            )
-            assert process.stderr is not None and self._nursery is not None
-            # Outlives this loop turn: a replaced worker still logs while it drains.
-            self._nursery.start_soon(self._relay_stderr, worker.worker_id, process.stderr)
-            bundle = self.bundle.encode()
-            self._live.add(process)
-            worker.process = process
-            worker.ready = False
-            worker.pids.append(process.pid)
-            replace_requested = worker.replace = trio.Event()
-            replaced = False
-            assert process.stdout is not None
-            async with trio.open_nursery() as nursery:
-
-                async def watch_ready(stdout: trio.abc.ReceiveStream = process.stdout) -> None:
-                    async for chunk in stdout:
-                        if b"READY" in chunk:
-                            worker.ready = True
-                            _log.debug("P: worker %d ready", worker.worker_id)
-
-                async def watch_replace(requested: trio.Event = replace_requested) -> None:
-                    nonlocal replaced
-                    await requested.wait()
-                    replaced = True
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(self._feed, process, bundle)
-                nursery.start_soon(watch_ready)
-                nursery.start_soon(watch_replace)
-                await process.wait()
-                nursery.cancel_scope.cancel()
+            process = await self._spawn(worker)
+            replaced = await self._serve(worker, process)
             worker.ready = False
             worker.replaced = replaced
             if replaced and process.returncode is None:
@@ -233,6 +145,56 @@ class Supervisor:
                 process.returncode,
             )
             await trio.sleep(_RESTART_DELAY)
+
+    async def _spawn(self, worker: _Worker) -> trio.Process:
+        """Start a worker process, its stderr relayed to ours."""
+        argv = [sys.executable, "-m", "pgtls_proxy", "run", "--config", str(self.config.source)]
+        process = await trio.lowlevel.open_process(
+            argv,
+            env=self._env(worker),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
+        assert process.stderr is not None and self._nursery is not None
+        # Outlives the worker's turn: a replaced worker still logs while it drains.
+        self._nursery.start_soon(self._relay_stderr, worker.worker_id, process.stderr)
+        self._live.add(process)
+        worker.process = process
+        worker.ready = False
+        worker.pids.append(process.pid)
+        return process
+
+    async def _serve(self, worker: _Worker, process: trio.Process) -> bool:
+        """Feed the worker its bundle and follow it until it exits or is to be replaced.
+
+        True when a reload asked for the worker to be replaced.
+        """
+        requested = worker.replace = trio.Event()
+        replaced = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch_replace() -> None:
+                nonlocal replaced
+                await requested.wait()
+                replaced = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(self._feed, process, self.bundle.encode())
+            nursery.start_soon(self._watch_ready, worker, process)
+            nursery.start_soon(watch_replace)
+            await process.wait()
+            nursery.cancel_scope.cancel()
+        return replaced
+
+    async def _watch_ready(self, worker: _Worker, process: trio.Process) -> None:
+        """A worker says it serves with one line on its stdout (see :mod:`pgtls_proxy.worker`)."""
+        assert process.stdout is not None
+        splitter = LineSplitter()
+        async for chunk in process.stdout:
+            if READY_LINE in splitter.feed(chunk):
+                worker.ready = True
+                _log.debug("P: worker %d ready", worker.worker_id)
 
     async def _relay_stderr(self, worker_id: int, stderr: trio.abc.ReceiveStream) -> None:
         """Copy a worker's stderr to ours line by line, through the log formatter.
@@ -281,7 +243,7 @@ class Supervisor:
         assert self.config.source is not None
         try:
             bundle, state = capture_from_disk(self.config.source, self.bundle)
-        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+        except BUILD_ERRORS as exc:
             _log.error("P: reload failed, keeping the running configuration: %s", exc)
             self._signal_workers(signal.SIGHUP)
             return
@@ -293,7 +255,7 @@ class Supervisor:
         self._take(bundle, state)
         self._signal_workers(signal.SIGHUP)
 
-    def _take(self, bundle: Bundle, state: TLSState) -> None:
+    def _take(self, bundle: Bundle, state: Snapshot) -> None:
         self.bundle = bundle
         self.config = state.config
         self.metrics_context = state.metrics_context
@@ -302,7 +264,7 @@ class Supervisor:
     def _rebind(self, config: Config) -> bool:
         """New listeners: reserve their ports, then replace every worker."""
         try:
-            reserved = [_reserve_port(item.address) for item in config.listen]
+            reserved = [reserve_port(item.address) for item in config.listen]
         except OSError as exc:
             _log.error("P: reload failed, cannot bind a new listener: %s", exc)
             return False
@@ -323,50 +285,29 @@ class Supervisor:
         The workers watch the same files and log their own verdict; here a
         change that does not load only leaves the bundle as it was.
         """
-        pending: Snapshot | None = None
+        settle = Settle()
         while True:
             await trio.sleep(POLL_INTERVAL)
             paths = bundled_files(self.config)
-            current = tuple((str(path), file_stamp(path)) for path in paths)
+            current = stamps(paths)
             built = self.bundle.snapshot(self.config, paths)
-            if current in (built, self._refused_files):
-                pending = None
+            if not settle.settled(current, (built, self._refused_files)):
                 continue
-            if current != pending:
-                pending = current
-                continue
-            pending = None
             try:
                 bundle, state = refresh(self.config, self.bundle.config, self.bundle)
-            except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
+            except BUILD_ERRORS as exc:
                 self._refused_files = current
                 _log.info("P: changed files not kept for restarting workers: %s", exc)
                 continue
             self._take(bundle, state)
             _log.debug("P: changed files kept for restarting workers")
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                    self.reload()
-                    sd_notify("READY=1")
-                else:
-                    if not self.draining:
-                        _log.info("P: %s received, draining workers", signal.Signals(signum).name)
-                        sd_notify("STOPPING=1")
-                    self.draining = True
-                    self._signal_workers(signal.SIGTERM)
-
-    async def _watchdog(self) -> None:
-        usec = os.environ.get("WATCHDOG_USEC")
-        if not usec or not usec.isdigit():
-            return
-        while True:
-            if any(w.ready for w in self.workers):
-                sd_notify("WATCHDOG=1")
-            await trio.sleep(int(usec) / 2_000_000)
+    def _on_stop_signal(self, signum: int) -> None:
+        if not self.draining:
+            _log.info("P: %s received, draining workers", signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
+        self.draining = True
+        self._signal_workers(signal.SIGTERM)
 
     # ------------------------------------------------------------ main
 
@@ -382,8 +323,8 @@ class Supervisor:
                     self.ready,
                     lambda: self.metrics_context,
                 )
-            outer.start_soon(self._signals)
-            outer.start_soon(self._watchdog)
+            outer.start_soon(handle_signals, self.reload, self._on_stop_signal)
+            outer.start_soon(watchdog, lambda: any(w.ready for w in self.workers))
             outer.start_soon(self._watch_files)
             async with trio.open_nursery() as workers:
                 self._nursery = workers
@@ -408,7 +349,7 @@ class Supervisor:
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
-def run_supervisor(config: Config, workers: int, bundle: Bundle, state: TLSState) -> int:
+def run_supervisor(config: Config, workers: int, bundle: Bundle, state: Snapshot) -> int:
     supervisor = Supervisor(config, workers, bundle, state)
     try:
         trio.run(supervisor.run)
