@@ -1172,7 +1172,7 @@ def test_a_certificate_rotated_through_the_secret_reaches_new_handshakes(
 
     A new server certificate and key are written the way the kubelet updates
     a Secret volume (new directory, ``..data`` renamed over, old directory
-    removed); within 5 seconds (the SPEC's bound) every worker serves the new
+    removed); within 5 seconds (the bound docs/reference.md states) every worker serves the new
     certificate.
     """
     config_path = materialise(manifests, pki, pod_root, **_LOOPBACK, logging={"format": "text"})

@@ -1,4 +1,4 @@
-"""The typed outcomes: the SPEC's label values, every one pre-created as a metric child."""
+"""The typed outcomes: the label values of docs/reference.md, each a pre-created metric child."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pgtls_proxy import metrics as m
 from pgtls_proxy.outcomes import HandshakeResult, Outcome
 from pgtls_proxy.pki.contexts import _REASONS, _VERIFY_CODES, classify_handshake_error
 
-SPEC_HANDSHAKE_RESULTS = [
+REFERENCE_HANDSHAKE_RESULTS = [
     "ok",
     "no_certificate",
     "unknown_ca",
@@ -23,7 +23,7 @@ SPEC_HANDSHAKE_RESULTS = [
     "aborted",
     "plaintext_rejected",
 ]
-SPEC_SESSION_OUTCOMES = [
+REFERENCE_SESSION_OUTCOMES = [
     "completed",
     "denied",
     "backend_error",
@@ -34,8 +34,8 @@ SPEC_SESSION_OUTCOMES = [
 
 
 def test_the_enums_are_the_spec_label_values() -> None:
-    assert [str(r) for r in HandshakeResult] == SPEC_HANDSHAKE_RESULTS
-    assert [str(o) for o in Outcome] == SPEC_SESSION_OUTCOMES
+    assert [str(r) for r in HandshakeResult] == REFERENCE_HANDSHAKE_RESULTS
+    assert [str(o) for o in Outcome] == REFERENCE_SESSION_OUTCOMES
 
 
 def test_every_member_has_its_counter_child() -> None:

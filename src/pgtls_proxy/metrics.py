@@ -1,4 +1,4 @@
-"""Every metric of the SPEC, defined once, with its label children pre-created.
+"""Every metric of docs/reference.md, defined once, with its label children pre-created.
 
 Pre-creating the children means a dashboard sees zeros before the first event
 and the hot path never builds a label tuple: the relay adds bytes to a child it
@@ -28,7 +28,7 @@ SESSION_OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 POOL_RESULTS = ("reused", "kept", "discarded")
 DENIAL_REASONS = ("no_rule", "reject_rule", "user_mismatch")
 DIRECTIONS = ("client_to_backend", "backend_to_client")
-# Beyond the SPEC's two: "refused" a plaintext one with limits.plaintext_cancel
+# Beyond forwarded and unknown_key: "refused" a plaintext one with limits.plaintext_cancel
 # off, "failed" the key was known but its backend could not be reached.
 CANCEL_RESULTS = ("forwarded", "unknown_key", "refused", "failed")
 RELOAD_RESULTS = ("ok", "failed")

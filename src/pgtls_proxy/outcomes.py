@@ -1,6 +1,6 @@
 """The label values a connection can end with, as types.
 
-The SPEC's ``pgtls_handshakes_total`` results and ``pgtls_sessions_total``
+docs/reference.md's ``pgtls_handshakes_total`` results and ``pgtls_sessions_total``
 outcomes are written into metrics, audit records and log lines from many
 places; as enums a misspelt one is a type error rather than a ``KeyError``
 while a session closes. :mod:`pgtls_proxy.metrics` pre-creates one counter

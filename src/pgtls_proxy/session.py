@@ -562,7 +562,7 @@ class Session:
     async def _check_limits(self) -> None:
         """From here to its end this is a session: it counts, no longer as pending.
 
-        The SPEC's moment: after the rules decided, before the backend is
+        The moment docs/reference.md names: after the rules decided, before the backend is
         contacted. A refused client stays pending until it is gone.
         """
         if self.rt.connections >= self.cfg.limits.max_connections:

@@ -1,7 +1,7 @@
 """Certificate, key and CRL files: notice when they change on disk.
 
-The SPEC wants changed CRL and certificate files to reach new handshakes
-within 5 seconds, without a signal. Polling ``stat()`` once a second does
+docs/reference.md promises that changed CRL and certificate files reach new
+handshakes within 5 seconds, without a signal. Polling ``stat()`` once a second does
 that on every filesystem (NFS, overlay, Kubernetes secret volumes that swap a
 symlink) without a dependency, for a handful of system calls per second.
 

@@ -122,7 +122,7 @@ def test_health_and_readiness(proxy: RunningProxy, pki: PKIFiles) -> None:
         conn.close()
 
 
-SPEC_FIELDS = (
+REFERENCE_FIELDS = (
     "event",
     "client_addr",
     "identity",
@@ -157,7 +157,7 @@ def test_audit_records(proxy_factory: ProxyFactory, pki: PKIFiles, json_log: io.
     records = audit_records(json_log)
     assert [r["outcome"] for r in records] == ["completed", "denied", "client_error"]
     for record in records:
-        for key in SPEC_FIELDS:
+        for key in REFERENCE_FIELDS:
             assert key in record, key
         assert not any(isinstance(v, dict | list) for v in record.values()), "flat"
         assert str(record["client_addr"]).startswith("127.0.0.1:")

@@ -31,7 +31,7 @@ from tests.fixtures.logs import captured_log
 from tests.fixtures.pki import PKIFiles
 from tests.fixtures.proxy import ProxyFactory, RunningProxy, base_config, deep_merge
 
-# The SPEC's promise for files changed on disk.
+# docs/reference.md's promise for files changed on disk.
 FILE_CHANGE_DELAY = 5.0
 
 

@@ -181,7 +181,7 @@ def server_context(
     """The context that terminates client connections.
 
     ``crl_pem`` are CRLs in PEM form; with ``crl_check`` OpenSSL demands a
-    current CRL for every certificate of the chain (the SPEC's ``strict``).
+    current CRL for every certificate of the chain (``strict`` in docs/reference.md).
     ``capture`` records the certificate of clients that OpenSSL refuses.
     """
     ctx = _base_server_context(tls, read_passphrase(tls.key_passphrase_file))
@@ -333,7 +333,7 @@ _REASONS: dict[str, HR] = {
 
 
 def classify_handshake_error(exc: BaseException) -> HR:
-    """Map a server-side handshake exception to the SPEC's ``result`` label."""
+    """Map a server-side handshake exception to the ``result`` label of docs/reference.md."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _VERIFY_CODES.get(exc.verify_code, HR.BAD_CERTIFICATE)
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
