@@ -16,9 +16,9 @@ import yaml
 from cryptography import x509
 
 from pgtls_proxy import cli
+from pgtls_proxy.ca import authority
 from pgtls_proxy.check import Severity, find_problems
 from pgtls_proxy.config import ConfigError, load_config
-from pgtls_proxy.pki import authority
 from tests.fixtures.pki import PKIFiles
 from tests.fixtures.proxy import base_config
 from tests.test_check import Case
