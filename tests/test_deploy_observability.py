@@ -38,6 +38,8 @@ REQUIRED_ALERTS = {
     "PgtlsHandshakeFailureRatioHigh",
     "PgtlsBackendConnectErrors",
     "PgtlsConfigReloadFailed",
+    "PgtlsConnectionsRefused",
+    "PgtlsAcceptOutOfDescriptors",
 }
 
 # Panel title -> panel type.
