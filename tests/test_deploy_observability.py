@@ -38,6 +38,8 @@ REQUIRED_ALERTS = {
     "PgtlsHandshakeFailureRatioHigh",
     "PgtlsBackendConnectErrors",
     "PgtlsConfigReloadFailed",
+    "PgtlsConnectionsRefused",
+    "PgtlsAcceptOutOfDescriptors",
 }
 
 # Panel title -> panel type.
@@ -56,6 +58,9 @@ REQUIRED_PANELS = {
     "Config reloads by result": "stat",
     "Sessions by outcome": "timeseries",
     "Auth denials by reason": "timeseries",
+    "Connections refused by reason": "timeseries",
+    "Pending connections": "timeseries",
+    "Accept errors by error": "timeseries",
 }
 
 _PROMTOOL_MISSING = "promtool not found; install the Debian package prometheus"
@@ -307,6 +312,12 @@ def test_dashboard_has_required_panels(dashboard: dict[str, Any]) -> None:
     crl = panels["Hours to CRL next update"]["targets"][0]
     assert "by (issuer)" in crl["expr"]
     assert crl["legendFormat"] == "{{issuer}}"
+
+    refused = panels["Connections refused by reason"]["targets"][0]
+    assert refused["expr"].startswith("sum by (reason) (rate(pgtls_connections_refused_total")
+    assert refused["legendFormat"] == "{{reason}}"
+    accept = panels["Accept errors by error"]["targets"][0]
+    assert accept["expr"].startswith("sum by (error) (rate(pgtls_accept_errors_total")
 
 
 def test_dashboard_datasource_and_variables(dashboard: dict[str, Any]) -> None:
