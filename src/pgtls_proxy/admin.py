@@ -22,6 +22,7 @@ from prometheus_client.exposition import choose_encoder
 
 _log = logging.getLogger("pgtls_proxy.admin")
 _MAX_REQUEST = 8192
+_COLLECT_TRIES = 3
 
 
 def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
@@ -45,7 +46,17 @@ def render(
         return _response("405 Method Not Allowed", b"method not allowed\n")
     if path == "/metrics":
         encoder, content_type = choose_encoder(accept)
-        return _response("200 OK", encoder(registry), content_type)
+        for _attempt in range(_COLLECT_TRIES):
+            try:
+                body = encoder(registry)
+            except OSError as exc:
+                # With workers, the sum is read from their metric files; a file
+                # removed between listing and reading (a worker replaced or
+                # restarted) is gone on the next read.
+                _log.debug("P: metrics collection raced a worker's files: %s", exc)
+                continue
+            return _response("200 OK", body, content_type)
+        return _response("503 Service Unavailable", b"metrics unavailable, try again\n")
     if path == "/healthz":
         return _response("200 OK", b"ok\n")
     if path == "/readyz":
