@@ -407,19 +407,25 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("breakage", CASES, ids=[c.__name__ for c in CASES])
-def test_check_reports_exactly_the_problem(
-    breakage: Breakage, tmp_path: Path, pki: PKIFiles, capsys: pytest.CaptureFixture[str]
+def assert_check_prints(
+    case: Case, expected: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    case = Case(tmp_path, pki, base_config(pki, 5432))
-    expected = breakage(case)
-    path = tmp_path / "proxy.yaml"
+    """``check`` on the case's config prints exactly ``expected``; exit 1 on any error."""
+    path = case.tmp / "proxy.yaml"
     path.write_text(yaml.safe_dump(case.data))
     status = cli.main(["check", "--config", str(path)])
     out = capsys.readouterr()
     assert out.out.splitlines() == expected
     assert out.err == ""
     assert status == (1 if any(line.startswith("error:") for line in expected) else 0)
+
+
+@pytest.mark.parametrize("breakage", CASES, ids=[c.__name__ for c in CASES])
+def test_check_reports_exactly_the_problem(
+    breakage: Breakage, tmp_path: Path, pki: PKIFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = Case(tmp_path, pki, base_config(pki, 5432))
+    assert_check_prints(case, breakage(case), capsys)
 
 
 def test_check_never_prints_the_passphrase(

@@ -19,7 +19,7 @@ from pgtls_proxy import cli
 from pgtls_proxy.ca import authority
 from tests.fixtures.pki import PKIFiles
 from tests.fixtures.proxy import base_config
-from tests.test_check import Case
+from tests.test_check import Case, assert_check_prints
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 CA = "CN=pgtls-proxy CA"
@@ -115,14 +115,7 @@ def test_check_reports_crls_that_would_not_move_forward(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     case = Case(tmp_path, pki, base_config(pki, 5432))
-    expected = breakage(case)
-    path = tmp_path / "proxy.yaml"
-    path.write_text(yaml.safe_dump(case.data))
-    status = cli.main(["check", "--config", str(path)])
-    out = capsys.readouterr()
-    assert out.out.splitlines() == expected
-    assert out.err == ""
-    assert status == (1 if any(line.startswith("error:") for line in expected) else 0)
+    assert_check_prints(case, breakage(case), capsys)
 
 
 def test_the_crl_check_names_both_crls_in_any_order(
