@@ -49,7 +49,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/lib/dpkg/*-old \
-       /var/log/apt /var/log/dpkg.log \
+       /var/log/apt /var/log/dpkg.log /usr/lib/python3.11/pydoc_data \
+    && find /usr/share/doc -type f ! -name copyright -delete \
     && groupadd --system --gid 10001 pgtls-proxy \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin pgtls-proxy
