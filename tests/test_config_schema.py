@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, get_args
 
 import pytest
@@ -32,13 +31,7 @@ from pgtls_proxy.config import (
     TLSSettings,
     build_config,
 )
-
-BASE = Path("/etc/pgtls-proxy")
-MINIMAL: dict[str, Any] = {
-    "tls": {"cert_file": "server.crt", "key_file": "server.key", "client_ca_file": "ca.crt"},
-    "backends": {"main": {"address": "127.0.0.1:5432"}},
-    "rules": [{"identity": "alice", "user": "alice"}],
-}
+from tests.test_config import BASE, MINIMAL
 
 
 def test_left_out_keys_take_the_dataclass_defaults() -> None:

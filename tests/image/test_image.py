@@ -41,7 +41,7 @@ import yaml
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.clients import SSL_REQUEST, client_tls_context, connect
+from tests.fixtures.clients import connect, served_serial
 from tests.fixtures.pki import PKIFiles, issue_custom
 
 pytestmark = [pytest.mark.image, pytest.mark.integration]
@@ -269,18 +269,6 @@ def psql(pki: PKIFiles, port: int, *, cert: str | None) -> subprocess.CompletedP
         env={**os.environ, "PGAPPNAME": "pgtls-proxy-image-test"},
         check=False,
     )
-
-
-def served_serial(pki: PKIFiles, port: int) -> int:
-    """Serial number of the certificate the proxy presents on ``port``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(SSL_REQUEST)
-        assert s.recv(1) == b"S"
-        tls = client_tls_context(pki).wrap_socket(s, server_hostname="localhost")
-        der = tls.getpeercert(binary_form=True)
-        tls.close()
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 def mount_options(mountinfo: str) -> dict[str, set[str]]:

@@ -16,20 +16,9 @@ import pytest
 from cryptography import x509
 
 from pgtls_proxy.ca import authority
-from tests.fixtures.clients import SSL_REQUEST, client_tls_context, connect, current_user
+from tests.fixtures.clients import connect, current_user, served_serial
 from tests.fixtures.pki import PKIFiles, issue_custom
 from tests.fixtures.proxy import deep_merge
-
-
-def served_serial(port: int, pki: PKIFiles) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(SSL_REQUEST)
-        assert s.recv(1) == b"S"
-        tls = client_tls_context(pki).wrap_socket(s, server_hostname="localhost")
-        der = tls.getpeercert(binary_form=True)
-        tls.close()
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 def test_sighup_under_load_changes_policy_cert_and_crl(
@@ -37,7 +26,7 @@ def test_sighup_under_load_changes_policy_cert_and_crl(
 ) -> None:
     # A private copy of the PKI state that the reload changes.
     d = daemon_factory()
-    old_serial = served_serial(d.port, pki)
+    old_serial = served_serial(pki, d.port)
     errors: list[BaseException] = []
     done = threading.Event()
     counts = [0] * 20
@@ -104,7 +93,7 @@ def test_sighup_under_load_changes_policy_cert_and_crl(
             t.join(10)
     assert not errors, errors
     assert min(counts) > 0
-    assert served_serial(d.port, pki) == cert.serial_number != old_serial
+    assert served_serial(pki, d.port) == cert.serial_number != old_serial
     assert current_user(pki, d.port, "bob", dbname="postgres") == "bob"
     with pytest.raises(psycopg.OperationalError, match="revoked"):
         connect(pki, d.port, "carol")
